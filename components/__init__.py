@@ -1,0 +1,1 @@
+"""gitlab-runners components: one ComponentResource per module, plus settings and config rendering."""

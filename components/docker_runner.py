@@ -1,0 +1,111 @@
+"""DockerRunner: the runner manager as a container on a Docker host."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+
+from components.settings import DockerSettings, RunnerSpec
+
+TYPE_TOKEN = "gitlab-runners:index:DockerRunner"
+CONFIG_DIR = "/etc/gitlab-runner"
+SOCKET_IN_CONTAINER = "/var/run/docker.sock"
+
+
+@dataclass(frozen=True)
+class DockerRunnerArgs:
+    settings: DockerSettings
+    """Host, network mode, container name, stop timeout, config volume policy."""
+
+    runners: Sequence[RunnerSpec]
+    """The runners this container serves; decides whether the Docker socket is mounted."""
+
+    image: pulumi.Input[str]
+    """The image to run (an image ID or a pinned reference)."""
+
+    config_toml: pulumi.Output[str]
+    """The rendered config.toml; must be a secret Output (it holds tokens)."""
+
+    metrics_listen_address: str | None = None
+    """When set, the health check asks the runner's metrics endpoint instead of reading config."""
+
+
+def needs_docker_socket(runners: Sequence[RunnerSpec]) -> bool:
+    """Only the docker executor talks to the Docker engine; shell runners never get the socket."""
+    return any(r.executor == "docker" for r in runners)
+
+
+def health_check(metrics_listen_address: str | None) -> docker.ContainerHealthcheckArgs:
+    if metrics_listen_address:
+        port = metrics_listen_address.rsplit(":", 1)[1]
+        test = ["CMD-SHELL", f"wget -q -O /dev/null http://127.0.0.1:{port}/metrics"]
+    else:
+        # `list` parses config.toml: a broken config makes the container unhealthy.
+        test = ["CMD", "gitlab-runner", "list"]
+    return docker.ContainerHealthcheckArgs(
+        tests=test, interval="30s", timeout="10s", retries=3, start_period="10s"
+    )
+
+
+class DockerRunner(pulumi.ComponentResource):
+    """A config volume, and the runner container with config.toml uploaded into it."""
+
+    container_name: pulumi.Output[str]
+    container_id: pulumi.Output[str]
+    volume_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: DockerRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TYPE_TOKEN, name, None, opts)
+        settings = args.settings
+        labels = {"io.gitlab-runners.component": name, "io.gitlab-runners.managed-by": "pulumi"}
+
+        volume = docker.Volume(
+            f"{name}-config",
+            name=f"{settings.container_name}-config",
+            labels=[docker.VolumeLabelArgs(label=k, value=v) for k, v in labels.items()],
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=settings.keep_config_volume),
+        )
+
+        mounts = [
+            docker.ContainerMountArgs(target=CONFIG_DIR, type="volume", source=volume.name, read_only=False)
+        ]
+        if needs_docker_socket(args.runners):
+            mounts.append(
+                docker.ContainerMountArgs(
+                    target=SOCKET_IN_CONTAINER, type="bind", source=settings.socket_path, read_only=False
+                )
+            )
+
+        container = docker.Container(
+            f"{name}-container",
+            name=settings.container_name,
+            image=args.image,
+            restart="unless-stopped",
+            must_run=True,
+            # SIGQUIT makes gitlab-runner stop taking jobs and finish the running ones.
+            stop_signal="SIGQUIT",
+            stop_timeout=settings.stop_timeout,
+            destroy_grace_seconds=settings.stop_timeout,
+            network_mode=settings.network_mode,
+            mounts=mounts,
+            uploads=[
+                docker.ContainerUploadArgs(
+                    file=f"{CONFIG_DIR}/config.toml", content=args.config_toml, permissions="0600"
+                )
+            ],
+            healthcheck=health_check(args.metrics_listen_address),
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
+            security_opts=["no-new-privileges:true"],
+            privileged=False,
+            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()],
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )
+        self.container_name = container.name
+        self.container_id = container.id
+        self.volume_name = volume.name
+        self.register_outputs(
+            {"containerName": self.container_name, "containerId": self.container_id, "volumeName": self.volume_name}
+        )

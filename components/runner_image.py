@@ -1,0 +1,64 @@
+"""RunnerImage: the runner image, built by Pulumi from images/runner/Dockerfile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_docker as docker
+
+from components.settings import ImageBuild
+
+TYPE_TOKEN = "gitlab-runners:index:RunnerImage"
+# Relative to the project root, where the engine runs the program: no host path lands in the state.
+DOCKERFILE_DIR = Path("images") / "runner"
+SOURCE = "gitlab-runners:images/runner/Dockerfile"
+
+
+@dataclass(frozen=True)
+class RunnerImageArgs:
+    build: ImageBuild
+    """Base image, runner version, flavour and extra packages."""
+
+    context_dir: str = str(DOCKERFILE_DIR)
+    """The build context holding the Dockerfile; no secret is ever part of it."""
+
+
+def build_args(build: ImageBuild) -> dict[str, str]:
+    """The Dockerfile's build arguments: only public facts, never a token."""
+    return {
+        "BASE_IMAGE": build.base_image,
+        "RUNNER_VERSION": build.runner_version,
+        "FLAVOR": build.flavor,
+        "EXTRA_PACKAGES": " ".join(build.extra_packages),
+        "SOURCE": SOURCE,
+    }
+
+
+class RunnerImage(pulumi.ComponentResource):
+    """A local runner image; it is not pushed anywhere."""
+
+    image_ref: pulumi.Output[str]
+    """The built image's ID (sha256:…), so a rebuilt image replaces the container using it."""
+
+    image_name: pulumi.Output[str]
+    """The image's repository and tag."""
+
+    def __init__(self, name: str, args: RunnerImageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TYPE_TOKEN, name, None, opts)
+        image = docker.Image(
+            f"{name}-image",
+            image_name=args.build.tag,
+            build=docker.DockerBuildArgs(
+                context=args.context_dir,
+                dockerfile=str(Path(args.context_dir) / "Dockerfile"),
+                args=build_args(args.build),
+                platform="linux/amd64",
+            ),
+            skip_push=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.image_name = image.image_name
+        self.image_ref = image.repo_digest
+        self.register_outputs({"imageName": self.image_name, "imageRef": self.image_ref})

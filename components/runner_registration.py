@@ -1,0 +1,66 @@
+"""RunnerRegistration: the runners' existence in GitLab, and their authentication tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_gitlab as gitlab
+
+from components.settings import RunnerSpec
+
+TYPE_TOKEN = "gitlab-runners:index:RunnerRegistration"
+
+
+@dataclass(frozen=True)
+class RunnerRegistrationArgs:
+    runners: Sequence[RunnerSpec]
+    """The runners to register; each becomes a `gitlab.UserRunner` unless it has an existing token."""
+
+    existing_tokens: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
+    """Runner name -> glrt- token for runners created outside this stack; no GitLab resource for them."""
+
+
+class RunnerRegistration(pulumi.ComponentResource):
+    """Creates runners through GitLab's API (the `glrt-` token workflow); never `gitlab-runner register`."""
+
+    runner_ids: dict[str, pulumi.Output[str | None]]
+    """Runner name -> GitLab runner id (None for runners that brought their own token)."""
+
+    tokens: dict[str, pulumi.Output[str]]
+    """Runner name -> authentication token, always a secret Output."""
+
+    def __init__(
+        self,
+        name: str,
+        args: RunnerRegistrationArgs,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(TYPE_TOKEN, name, None, opts)
+        self.runner_ids = {}
+        self.tokens = {}
+        for runner in args.runners:
+            existing = args.existing_tokens.get(runner.name)
+            if existing is not None:
+                self.tokens[runner.name] = pulumi.Output.secret(existing)
+                self.runner_ids[runner.name] = pulumi.Output.from_input(None)
+                continue
+            created = gitlab.UserRunner(
+                f"{name}-{runner.name}",
+                runner_type=runner.scope.runner_type,
+                group_id=runner.scope.group_id,
+                project_id=runner.scope.project_id,
+                description=runner.description,
+                tag_lists=list(runner.tags),
+                untagged=runner.run_untagged,
+                locked=runner.locked,
+                access_level=runner.access_level,
+                paused=runner.paused,
+                maximum_timeout=runner.maximum_timeout,
+                maintenance_note=runner.maintenance_note,
+                opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["token"]),
+            )
+            self.tokens[runner.name] = pulumi.Output.secret(created.token)
+            self.runner_ids[runner.name] = created.id
+        self.register_outputs({"runnerIds": self.runner_ids})

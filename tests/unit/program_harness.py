@@ -1,0 +1,54 @@
+"""Runs __main__.py under mocks in a process of its own and prints what it registered, as JSON.
+
+Usage: python -m tests.unit.program_harness '<json: {"stack": "dev", "config": {...}, "secret_keys": [...], "preview": false}>'
+The root Stack exists once per process under mocks, so each whole-program run gets a fresh process.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from tests.unit.mocks import RecordingMocks, install
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main() -> None:
+    request = json.loads(sys.argv[1])
+    mocks = RecordingMocks()
+    install(mocks, stack=request["stack"], preview=request.get("preview", False))
+    pulumi.runtime.set_all_config(request["config"], request.get("secret_keys", []))
+    exports: dict[str, Any] = {}
+
+    def export(name: str, value: Any) -> None:
+        exports[name] = value
+
+    pulumi.export = export  # type: ignore[assignment]
+    result: dict[str, Any] = {"error": None}
+    try:
+        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
+    except pulumi.RunError as error:
+        result["error"] = str(error)
+    resolved = {}
+    for name, value in exports.items():
+        output = pulumi.Output.from_input(value)
+        resolved[name] = {
+            "value": _sync_await(output.future()),
+            "secret": _sync_await(output.is_secret()),
+        }
+    result["resources"] = [asdict(r) for r in mocks.resources]
+    result["exports"] = resolved
+    print(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()
