@@ -32,7 +32,8 @@ if settings.docker is not None:
         pulumi.export("image", image.image_name)
     else:
         image_ref = settings.docker.prebuilt_image or ""
-    config_toml = pulumi.Output.secret(
+    # Holds every runner token: a secret Output from end to end.
+    config_toml: pulumi.Output[str] = pulumi.Output.secret(
         pulumi.Output.all(**registration.tokens).apply(
             lambda tokens: render_config_toml(settings.global_, settings.runners, settings.gitlab_url, tokens)
         )
@@ -51,8 +52,7 @@ if settings.docker is not None:
         opts=on_docker,
     )
     targets = {
-        r.name: {"container": runner.container_name, "containerId": runner.container_id}
-        for r in settings.runners
+        r.name: {"container": runner.container_name, "containerId": runner.container_id} for r in settings.runners
     }
 elif settings.kubernetes is not None:
     cluster = kubernetes_provider(settings.kubernetes)
@@ -75,8 +75,5 @@ elif settings.kubernetes is not None:
 pulumi.export("target", settings.target)
 pulumi.export(
     "runners",
-    {
-        r.name: {"gitlabId": registration.runner_ids[r.name], **targets.get(r.name, {})}
-        for r in settings.runners
-    },
+    {r.name: {"gitlabId": registration.runner_ids[r.name], **targets.get(r.name, {})} for r in settings.runners},
 )

@@ -98,9 +98,7 @@ class Node:
             return None if default is _MISSING else default
         # bool is an int in Python; a boolean is never an acceptable integer here.
         if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
-            self._problems.add(
-                self.key(name), f"must be {kind_name}, got {_show(value)}", example
-            )
+            self._problems.add(self.key(name), f"must be {kind_name}, got {_show(value)}", example)
             return None if default is _MISSING else default
         return value
 
@@ -115,9 +113,7 @@ class Node:
         value = self._typed(name, (str,), "a string", default, example)
         if isinstance(value, str) and pattern and value is not default:
             if not re.fullmatch(pattern, value):
-                self._problems.add(
-                    self.key(name), f"{pattern_hint}, got {_show(value)}", example
-                )
+                self._problems.add(self.key(name), f"{pattern_hint}, got {_show(value)}", example)
         return value
 
     def get_choice(self, name: str, choices: Sequence[str], default: Any = _MISSING) -> Any:
@@ -180,8 +176,7 @@ class Node:
         if value is _MISSING:
             return {}
         if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool)
-            for k, v in value.items()
+            isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool) for k, v in value.items()
         ):
             self._problems.add(self.key(name), f"must be a map of strings, got {_show(value)}", example)
             return {}
@@ -218,6 +213,4 @@ class Node:
         """Report keys present in the data that no reader asked for."""
         for unknown in sorted(set(self._data) - self._known):
             known = ", ".join(sorted(self._known)) or "none"
-            self._problems.add(
-                self.key(unknown), f"is not a known key (known keys here: {known})", "remove it"
-            )
+            self._problems.add(self.key(unknown), f"is not a known key (known keys here: {known})", "remove it")

@@ -10,7 +10,7 @@ import pulumi_docker as docker
 
 from components.settings import DockerSettings, RunnerSpec
 
-TYPE_TOKEN = "gitlab-runners:index:DockerRunner"
+COMPONENT_TYPE = "gitlab-runners:index:DockerRunner"
 CONFIG_DIR = "/etc/gitlab-runner"
 SOCKET_IN_CONTAINER = "/var/run/docker.sock"
 
@@ -45,9 +45,7 @@ def health_check(metrics_listen_address: str | None) -> docker.ContainerHealthch
     else:
         # `list` parses config.toml: a broken config makes the container unhealthy.
         test = ["CMD", "gitlab-runner", "list"]
-    return docker.ContainerHealthcheckArgs(
-        tests=test, interval="30s", timeout="10s", retries=3, start_period="10s"
-    )
+    return docker.ContainerHealthcheckArgs(tests=test, interval="30s", timeout="10s", retries=3, start_period="10s")
 
 
 class DockerRunner(pulumi.ComponentResource):
@@ -58,7 +56,7 @@ class DockerRunner(pulumi.ComponentResource):
     volume_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: DockerRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TYPE_TOKEN, name, None, opts)
+        super().__init__(COMPONENT_TYPE, name, None, opts)
         settings = args.settings
         labels = {"io.gitlab-runners.component": name, "io.gitlab-runners.managed-by": "pulumi"}
 
@@ -69,9 +67,7 @@ class DockerRunner(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=settings.keep_config_volume),
         )
 
-        mounts = [
-            docker.ContainerMountArgs(target=CONFIG_DIR, type="volume", source=volume.name, read_only=False)
-        ]
+        mounts = [docker.ContainerMountArgs(target=CONFIG_DIR, type="volume", source=volume.name, read_only=False)]
         if needs_docker_socket(args.runners):
             mounts.append(
                 docker.ContainerMountArgs(

@@ -12,7 +12,7 @@ import pulumi_kubernetes as kubernetes
 from components.runner_config import render_chart_runner_toml
 from components.settings import GlobalSettings, KubernetesSettings, RunnerSpec
 
-TYPE_TOKEN = "gitlab-runners:index:KubernetesRunner"
+COMPONENT_TYPE = "gitlab-runners:index:KubernetesRunner"
 # The chart's image runs as this user (gitlab-runner in the official image).
 RUNNER_UID = 100
 RUNNER_FS_GROUP = 65533
@@ -87,7 +87,7 @@ class KubernetesRunner(pulumi.ComponentResource):
     release_names: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, args: KubernetesRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TYPE_TOKEN, name, None, opts)
+        super().__init__(COMPONENT_TYPE, name, None, opts)
         settings = args.settings
         child = pulumi.ResourceOptions(parent=self)
         labels = {"app.kubernetes.io/managed-by": "pulumi", "app.kubernetes.io/part-of": "gitlab-runners"}

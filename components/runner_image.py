@@ -10,7 +10,7 @@ import pulumi_docker as docker
 
 from components.settings import ImageBuild
 
-TYPE_TOKEN = "gitlab-runners:index:RunnerImage"
+COMPONENT_TYPE = "gitlab-runners:index:RunnerImage"
 # Relative to the project root, where the engine runs the program: no host path lands in the state.
 DOCKERFILE_DIR = Path("images") / "runner"
 SOURCE = "gitlab-runners:images/runner/Dockerfile"
@@ -46,7 +46,7 @@ class RunnerImage(pulumi.ComponentResource):
     """The image's repository and tag."""
 
     def __init__(self, name: str, args: RunnerImageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TYPE_TOKEN, name, None, opts)
+        super().__init__(COMPONENT_TYPE, name, None, opts)
         image = docker.Image(
             f"{name}-image",
             image_name=args.build.tag,

@@ -10,7 +10,7 @@ import pulumi_gitlab as gitlab
 
 from components.settings import RunnerSpec
 
-TYPE_TOKEN = "gitlab-runners:index:RunnerRegistration"
+COMPONENT_TYPE = "gitlab-runners:index:RunnerRegistration"
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class RunnerRegistration(pulumi.ComponentResource):
         args: RunnerRegistrationArgs,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(TYPE_TOKEN, name, None, opts)
+        super().__init__(COMPONENT_TYPE, name, None, opts)
         self.runner_ids = {}
         self.tokens = {}
         for runner in args.runners:

@@ -226,9 +226,11 @@ def _parse_runner(node: Node, target: str, stack: str, problems: Problems) -> Ru
     tags = node.get_str_list(
         "tags",
         "tags: [docker, linux]",
-        item_check=lambda t: None
-        if re.fullmatch(r"[^,\s][^,]{0,254}", t) and t == t.strip()
-        else "must be a non-empty tag without commas or surrounding spaces",
+        item_check=lambda t: (
+            None
+            if re.fullmatch(r"[^,\s][^,]{0,254}", t) and t == t.strip()
+            else "must be a non-empty tag without commas or surrounding spaces"
+        ),
     )
     executors = EXECUTORS.get(target, ("docker",))
     executor = node.get_choice("executor", executors, default=executors[0])
@@ -268,9 +270,7 @@ def _parse_runner(node: Node, target: str, stack: str, problems: Problems) -> Ru
         locked=node.get_bool("locked", False),
         access_level=node.get_choice("accessLevel", ACCESS_LEVELS, default="not_protected"),
         paused=node.get_bool("paused", False),
-        maximum_timeout=node.get_int(
-            "maximumTimeout", "maximumTimeout: 3600", default=None, minimum=600
-        ),
+        maximum_timeout=node.get_int("maximumTimeout", "maximumTimeout: 3600", default=None, minimum=600),
         maintenance_note=node.get_str("maintenanceNote", "maintenanceNote: owned by platform", default=None),
         executor=executor or executors[0],
         image=node.get_str("image", f"image: {DEFAULT_JOB_IMAGE}", default=DEFAULT_JOB_IMAGE),
@@ -283,17 +283,17 @@ def _parse_runner(node: Node, target: str, stack: str, problems: Problems) -> Ru
             "volumes",
             "volumes: [/cache]",
             default=("/cache",),
-            item_check=lambda v: None
-            if v.split(":")[0].startswith("/") or (":" in v and v.split(":")[1].startswith("/"))
-            else "must be a container path or host:container[:ro] volume",
+            item_check=lambda v: (
+                None
+                if v.split(":")[0].startswith("/") or (":" in v and v.split(":")[1].startswith("/"))
+                else "must be a container path or host:container[:ro] volume"
+            ),
         ),
         pull_policy=node.get_str_list(
             "pullPolicy",
             "pullPolicy: [if-not-present]",
             default=("always",),
-            item_check=lambda p: None
-            if p in PULL_POLICIES
-            else "must be one of " + ", ".join(PULL_POLICIES),
+            item_check=lambda p: None if p in PULL_POLICIES else "must be one of " + ", ".join(PULL_POLICIES),
         ),
         job_resources=job_resources,
     )
@@ -360,7 +360,11 @@ def _parse_docker(root: Node, stack: str, runners: tuple[RunnerSpec, ...]) -> Do
         pattern_hint="must be pinned with a tag or digest",
     )
     if isinstance(base, str) and (base.endswith(":latest")):
-        root.report(node.key("image.baseImage"), 'must not use the "latest" tag', "baseImage: gitlab/gitlab-runner:alpine-v18.5.0")
+        root.report(
+            node.key("image.baseImage"),
+            'must not use the "latest" tag',
+            "baseImage: gitlab/gitlab-runner:alpine-v18.5.0",
+        )
     build = ImageBuild(
         base_image=base,
         runner_version=version,
@@ -368,9 +372,9 @@ def _parse_docker(root: Node, stack: str, runners: tuple[RunnerSpec, ...]) -> Do
         extra_packages=image.get_str_list(
             "extraPackages",
             "extraPackages: [python3, py3-pip]",
-            item_check=lambda p: None
-            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9+._:=~-]*", p)
-            else "must be a package name",
+            item_check=lambda p: (
+                None if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9+._:=~-]*", p) else "must be a package name"
+            ),
         ),
         repository=image.get_str(
             "repository",
@@ -420,7 +424,9 @@ def _parse_kubernetes(root: Node) -> KubernetesSettings:
         pattern_hint="must be a DNS label",
     )
     if namespace == "default":
-        root.report(node.key("namespace"), 'must not be "default": runners get a namespace of their own', "namespace: gitlab")
+        root.report(
+            node.key("namespace"), 'must not be "default": runners get a namespace of their own', "namespace: gitlab"
+        )
     chart = node.child("chart", f"chart: {{version: {CHART_VERSION}}}")
     path = chart.get_str("path", "path: ./charts/gitlab-runner", default=None)
     repository = chart.get_str(
@@ -501,9 +507,7 @@ def parse_settings(
     problems = Problems(list(extra_problems))
     root = _Root(values, PROJECT, problems)
     target = root.get_choice("target", ("docker", "kubernetes"))
-    gitlab_url = root.get_str(
-        "gitlabUrl", "gitlabUrl: https://gitlab.example.com", default="https://gitlab.com"
-    )
+    gitlab_url = root.get_str("gitlabUrl", "gitlabUrl: https://gitlab.example.com", default="https://gitlab.com")
     if isinstance(gitlab_url, str) and (failure := _url_check(gitlab_url)):
         problems.add(root.key("gitlabUrl"), f'{failure}, got "{gitlab_url}"', "gitlabUrl: https://gitlab.example.com")
     allow_privileged = root.get_bool("allowPrivileged", False)
@@ -518,7 +522,9 @@ def parse_settings(
     seen: set[str] = set()
     for index, runner in enumerate(runners):
         if runner.name and runner.name in seen:
-            problems.add(f"{PROJECT}:runners[{index}].name", f'"{runner.name}" is used twice', "give each runner its own name")
+            problems.add(
+                f"{PROJECT}:runners[{index}].name", f'"{runner.name}" is used twice', "give each runner its own name"
+            )
         seen.add(runner.name)
         if runner.privileged and not allow_privileged:
             problems.add(

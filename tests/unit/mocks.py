@@ -29,6 +29,17 @@ def secret_paths(value: Any, path: str = "") -> list[str]:
     return []
 
 
+def unwrap(value: Any) -> Any:
+    """The plain value, with secret wrappers removed (which ones were secret is kept apart)."""
+    if isinstance(value, dict):
+        if value.get(SIG_KEY) == SECRET_SIG:
+            return unwrap(value.get("value"))
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
 @dataclass
 class Recorded:
     typ: str
@@ -60,7 +71,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
         elif args.typ == "kubernetes:helm.sh/v3:Release":
             outputs.setdefault("name", args.name)
         self.resources.append(
-            Recorded(args.typ, args.name, args.inputs, args.provider, self._secret_inputs.pop(args.name, []))
+            Recorded(args.typ, args.name, unwrap(args.inputs), args.provider, self._secret_inputs.pop(args.name, []))
         )
         return rid, outputs
 
@@ -86,7 +97,7 @@ class _CapturingMonitor(MockMonitor):
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
         raw = json_format.MessageToDict(request.object)
         self._recording._secret_inputs[request.name] = secret_paths(raw)
-        return super().RegisterResource(request)
+        return super().RegisterResource(request)  # type: ignore[no-untyped-call]
 
 
 def install(mocks: RecordingMocks, stack: str = "unit", preview: bool = False) -> None:

@@ -1,6 +1,6 @@
 """Runs __main__.py under mocks in a process of its own and prints what it registered, as JSON.
 
-Usage: python -m tests.unit.program_harness '<json: {"stack": "dev", "config": {...}, "secret_keys": [...], "preview": false}>'
+Usage: python -m tests.unit.program_harness '<json request: stack, config, secret_keys, preview>'
 The root Stack exists once per process under mocks, so each whole-program run gets a fresh process.
 """
 
@@ -32,10 +32,13 @@ def main() -> None:
     def export(name: str, value: Any) -> None:
         exports[name] = value
 
-    pulumi.export = export  # type: ignore[assignment]
+    pulumi.export = export
+    def run_main() -> None:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+
     result: dict[str, Any] = {"error": None}
     try:
-        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
+        _sync_await(run_pulumi_func(run_main))
     except pulumi.RunError as error:
         result["error"] = str(error)
     resolved = {}
