@@ -33,6 +33,7 @@ def main() -> None:
         exports[name] = value
 
     pulumi.export = export
+
     def run_main() -> None:
         runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
 
