@@ -48,6 +48,7 @@ if settings.docker is not None:
             metrics_listen_address=settings.global_.metrics_listen_address
             if settings.global_.metrics_enabled
             else None,
+            allow_privileged=settings.allow_privileged,
         ),
         opts=on_docker,
     )
@@ -64,6 +65,7 @@ elif settings.kubernetes is not None:
             gitlab_url=settings.gitlab_url,
             runners=settings.runners,
             tokens=registration.tokens,
+            allow_privileged=settings.allow_privileged,
         ),
         opts=pulumi.ResourceOptions(providers=[cluster]),
     )

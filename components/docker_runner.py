@@ -32,6 +32,9 @@ class DockerRunnerArgs:
     metrics_listen_address: str | None = None
     """When set, the health check asks the runner's metrics endpoint instead of reading config."""
 
+    allow_privileged: bool = False
+    """The stack allows privileged jobs; recorded as a label the policy pack reads."""
+
 
 def needs_docker_socket(runners: Sequence[RunnerSpec]) -> bool:
     """Only the docker executor talks to the Docker engine; shell runners never get the socket."""
@@ -58,7 +61,11 @@ class DockerRunner(pulumi.ComponentResource):
     def __init__(self, name: str, args: DockerRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(COMPONENT_TYPE, name, None, opts)
         settings = args.settings
-        labels = {"io.gitlab-runners.component": name, "io.gitlab-runners.managed-by": "pulumi"}
+        labels = {
+            "io.gitlab-runners.component": name,
+            "io.gitlab-runners.managed-by": "pulumi",
+            "io.gitlab-runners.allow-privileged": "true" if args.allow_privileged else "false",
+        }
 
         volume = docker.Volume(
             f"{name}-config",

@@ -35,6 +35,9 @@ class KubernetesRunnerArgs:
     tokens: dict[str, pulumi.Output[str]]
     """Runner name -> secret glrt- token, stored only in the runner's Secret."""
 
+    allow_privileged: bool = False
+    """The stack allows privileged job pods; recorded as a pod annotation the policy pack reads."""
+
 
 def chart_values(
     runner: RunnerSpec,
@@ -42,6 +45,7 @@ def chart_values(
     global_: GlobalSettings,
     gitlab_url: str,
     secret_name: str,
+    allow_privileged: bool = False,
 ) -> dict[str, Any]:
     """The chart's values for one runner. No token: the chart reads it from `runners.secret`."""
     service_account: dict[str, Any] = {"create": settings.service_account_create}
@@ -60,6 +64,11 @@ def chart_values(
         "serviceAccount": service_account,
         "resources": {"requests": dict(settings.requests), "limits": dict(settings.limits)},
         "metrics": {"enabled": global_.metrics_enabled},
+        # Allowances the stack file made, visible to the policy pack.
+        "podAnnotations": {
+            "gitlab-runners.io/allow-privileged": str(allow_privileged).lower(),
+            "gitlab-runners.io/allow-cluster-wide-rbac": str(settings.rbac_cluster_wide).lower(),
+        },
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
@@ -124,7 +133,7 @@ class KubernetesRunner(pulumi.ComponentResource):
                 namespace=self.namespace,
                 values=secret.metadata.name.apply(
                     lambda secret_name, runner=runner: chart_values(
-                        runner, settings, args.global_, args.gitlab_url, secret_name
+                        runner, settings, args.global_, args.gitlab_url, secret_name, args.allow_privileged
                     )
                 ),
                 atomic=True,

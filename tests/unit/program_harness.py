@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def main() -> None:
     request = json.loads(sys.argv[1])
+    program = Path(request.get("program", ROOT))
     mocks = RecordingMocks()
     install(mocks, stack=request["stack"], preview=request.get("preview", False))
     pulumi.runtime.set_all_config(request["config"], request.get("secret_keys", []))
@@ -35,7 +36,7 @@ def main() -> None:
     pulumi.export = export
 
     def run_main() -> None:
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        runpy.run_path(str(program / "__main__.py"), run_name="__main__")
 
     result: dict[str, Any] = {"error": None}
     try:

@@ -31,10 +31,18 @@ def run_program(
     config: dict[str, str] | None = None,
     secret_keys: tuple[str, ...] = ("gitlab:token",),
     preview: bool = False,
+    program: Path = ROOT,
 ) -> dict[str, Any]:
+    """Run a Pulumi program under mocks in a fresh process; what it registered, and its exports."""
     if config is None:
         config = {**stack_config(stack), "gitlab:token": FAKE_API_TOKEN}
-    request = {"stack": stack, "config": config, "secret_keys": list(secret_keys), "preview": preview}
+    request = {
+        "stack": stack,
+        "config": config,
+        "secret_keys": list(secret_keys),
+        "preview": preview,
+        "program": str(program),
+    }
     done = subprocess.run(
         [sys.executable, "-m", "tests.unit.program_harness", json.dumps(request)],
         cwd=ROOT,
