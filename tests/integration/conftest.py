@@ -48,14 +48,18 @@ class Project:
     env: dict[str, str]
 
 
+def copy_project(source: Path, files: tuple[str, ...], dirs: tuple[str, ...], work: Path) -> None:
+    work.mkdir(parents=True)
+    for name in files:
+        shutil.copy2(source / name, work / name)
+    for name in dirs:
+        shutil.copytree(source / name, work / name)
+
+
 @pytest.fixture()
 def project(tmp_path: Path) -> Iterator[Project]:
     work = tmp_path / "project"
-    work.mkdir()
-    for name in PROJECT_FILES:
-        shutil.copy2(ROOT / name, work / name)
-    for name in PROJECT_DIRS:
-        shutil.copytree(ROOT / name, work / name)
+    copy_project(ROOT, PROJECT_FILES, PROJECT_DIRS, work)
     (work / ".venv").symlink_to(ROOT / ".venv")
     state = tmp_path / "state"
     state.mkdir()
@@ -66,3 +70,15 @@ def project(tmp_path: Path) -> Iterator[Project]:
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
     }
     yield Project(work, env)
+
+
+@pytest.fixture()
+def unsafe_project(tmp_path: Path, project: Project) -> Project:
+    """The unsafe fixture program, in the same backend as `project`."""
+    work = tmp_path / "unsafe"
+    copy_project(ROOT / "tests" / "fixtures" / "unsafe_stack", ("Pulumi.yaml", "__main__.py"), (), work)
+    # Its Pulumi.yaml points three folders up for the virtualenv; give it one next to it instead.
+    pulumi_yaml = work / "Pulumi.yaml"
+    pulumi_yaml.write_text(pulumi_yaml.read_text().replace("../../../.venv", ".venv"))
+    (work / ".venv").symlink_to(ROOT / ".venv")
+    return Project(work, project.env)

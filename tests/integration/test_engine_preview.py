@@ -1,4 +1,5 @@
-"""The program under the real engine: preview of both example stacks, and bad config."""
+"""The program under the real engine (Automation API, `file://` backend): both example stacks,
+bad config, and the policy pack. No cluster, no chart repository and no GitLab are reachable here."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from pathlib import Path
 import pytest
 from pulumi import automation as auto
 
-from tests.integration.conftest import Project
+from tests.integration.conftest import ROOT, Project
 
-FAKE_TOKENS = {"dev-docker": "glrt-integration-fake-docker", "dev-shell": "glrt-integration-fake-shell"}
+FAKE_DEV_TOKENS = {"dev-docker": "glrt-integration-fake-docker", "dev-shell": "glrt-integration-fake-shell"}
+FAKE_PROD_TOKEN = "glrt-integration-fake-kubernetes"
+LOCAL_CHART = ROOT / "tests" / "fixtures" / "chart"
+POLICY_PACK = str(ROOT / "policy")
 
 
 def stack(project: Project, name: str) -> auto.Stack:
@@ -22,22 +26,19 @@ def stack(project: Project, name: str) -> auto.Stack:
     )
 
 
-def closed_port() -> int:
-    """A 127.0.0.1 port nothing listens on: the 'cluster' of a kubeconfig that cannot be reached."""
+def unreachable_kubeconfig(path: Path) -> Path:
+    """A kubeconfig whose API server is a 127.0.0.1 port nothing listens on."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def unreachable_kubeconfig(path: Path) -> Path:
-    server = f"https://127.0.0.1:{closed_port()}"
+        port = int(sock.getsockname()[1])
+    cluster = {"server": f"https://127.0.0.1:{port}", "insecure-skip-tls-verify": True}
     path.write_text(
         json.dumps(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
-                "clusters": [{"name": "none", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
-                "users": [{"name": "none", "user": {"token": "not-a-real-credential"}}],
+                "clusters": [{"name": "none", "cluster": cluster}],
+                "users": [{"name": "none", "user": {"token": "no-credential"}}],
                 "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
                 "current-context": "none",
             }
@@ -46,68 +47,102 @@ def unreachable_kubeconfig(path: Path) -> Path:
     return path
 
 
+def prod_stack(project: Project, tmp_path: Path, chart: dict[str, str]) -> auto.Stack:
+    """The prod example stack with an existing (fake) runner token and no reachable cluster."""
+    prod = stack(project, "prod")
+    prod.set_config(
+        "gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps({"prod-k8s": FAKE_PROD_TOKEN}), secret=True)
+    )
+    kubernetes = {"namespace": "gitlab", "chart": chart, "kubeconfig": str(unreachable_kubeconfig(tmp_path / "kc"))}
+    prod.set_config("gitlab-runners:kubernetes", auto.ConfigValue(json.dumps(kubernetes)))
+    return prod
+
+
+def pre_event_types(events: list[auto.EngineEvent]) -> list[str]:
+    return [e.resource_pre_event.metadata.type for e in events if e.resource_pre_event]
+
+
+def test_prod_stack_previews_offline_with_a_local_chart(project: Project, tmp_path: Path) -> None:
+    prod = prod_stack(project, tmp_path, {"path": str(LOCAL_CHART)})
+    events: list[auto.EngineEvent] = []
+    result = prod.preview(color="never", on_event=events.append, diff=True)
+    types = pre_event_types(events)
+    for expected in (
+        "gitlab-runners:index:RunnerRegistration",
+        "pulumi:providers:kubernetes",
+        "gitlab-runners:index:KubernetesRunner",
+        "kubernetes:core/v1:Namespace",
+        "kubernetes:core/v1:Secret",
+        "kubernetes:helm.sh/v3:Release",
+    ):
+        assert expected in types, (expected, types)
+    assert not any(t.startswith("gitlab:") for t in types)  # existing token: nothing created in GitLab
+    assert result.change_summary.get(auto.OpType.CREATE) == 7
+    assert FAKE_PROD_TOKEN not in result.stdout + result.stderr
+    assert '"prod-k8s-runner"' in result.stdout
+
+
+def test_prod_stack_names_the_unreachable_chart_repository(project: Project, tmp_path: Path) -> None:
+    prod = prod_stack(project, tmp_path, {"repository": "https://charts.gitlab.io", "version": "0.82.0"})
+    with pytest.raises(auto.CommandError) as caught:
+        prod.preview(color="never")
+    output = str(caught.value)
+    assert '"https://charts.gitlab.io" is not a valid chart repository or cannot be reached' in output
+    assert FAKE_PROD_TOKEN not in output
+
+
+def test_prod_stack_passes_the_policy_pack(project: Project, tmp_path: Path) -> None:
+    prod = prod_stack(project, tmp_path, {"path": str(LOCAL_CHART)})
+    result = prod.preview(color="never", policy_packs=[POLICY_PACK])
+    assert "gitlab-runners-security" in result.stdout
+    assert "mandatory" not in result.stdout.lower()
+
+
+def test_unsafe_fixture_fails_the_policy_pack(unsafe_project: Project, tmp_path: Path) -> None:
+    unsafe = stack(unsafe_project, "unsafe")
+    # The docker provider plugin is not available on these machines; the Kubernetes part is.
+    unsafe.set_config("unsafe-runners:parts", auto.ConfigValue('["kubernetes"]'))
+    unsafe.set_config("unsafe-runners:chartPath", auto.ConfigValue(str(LOCAL_CHART)))
+    unsafe.set_config("unsafe-runners:kubeconfig", auto.ConfigValue(str(unreachable_kubeconfig(tmp_path / "kc"))))
+    with pytest.raises(auto.CommandError) as caught:
+        unsafe.preview(color="never", policy_packs=[POLICY_PACK])
+    output = str(caught.value)
+    for policy in (
+        "no-privileged-runners",
+        "pinned-images-and-charts",
+        "no-plaintext-tokens",
+        "kubernetes-runner-hardened",
+        "rbac-stays-namespaced",
+    ):
+        assert f"[mandatory]  {policy}" in output or policy in output, policy
+    assert "runner priv runs privileged job pods" in output
+    assert "input values.runnerToken holds a GitLab token" in output
+
+
 def test_bad_config_fails_in_the_engine_before_any_resource(project: Project) -> None:
     dev = stack(project, "dev")
     dev.set_config("gitlab-runners:target", auto.ConfigValue("dokcer"))
+    events: list[auto.EngineEvent] = []
     with pytest.raises(auto.CommandError) as caught:
-        dev.preview(color="never")
+        dev.preview(color="never", on_event=events.append)
     output = str(caught.value)
     assert 'gitlab-runners:target must be "docker" or "kubernetes", got "dokcer"' in output
-    # A clean message from settings, not a Python traceback.
-    assert "Traceback" not in output
-    assert "docker:index" not in output and "gitlab:index" not in output
+    assert "Traceback" not in output  # a clean message from settings, not a stack trace
+    assert pre_event_types(events) == ["pulumi:pulumi:Stack"]
 
 
 def test_dev_stack_preview_runs_the_program_up_to_the_docker_provider(project: Project) -> None:
-    """The dev stack evaluates in the real engine; its only failure is the docker provider plugin,
-    which cannot be built on these machines (see README, "What runs where"). When that plugin is
-    installed this test fails, and should then assert a successful preview instead."""
+    """The dev stack evaluates in the real engine; what stops it is the docker provider plugin, which
+    cannot be built on these machines (README, "What runs where"). Once that plugin is installed this
+    test fails: then it should assert a successful preview instead."""
     dev = stack(project, "dev")
-    dev.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps(FAKE_TOKENS), secret=True))
+    dev.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps(FAKE_DEV_TOKENS), secret=True))
     events: list[auto.EngineEvent] = []
     with pytest.raises(auto.CommandError) as caught:
         dev.preview(color="never", on_event=events.append)
     output = str(caught.value)
     assert "no resource plugin 'pulumi-resource-docker' found" in output
-    assert "gitlab-runners:" not in output  # settings accepted the stack
-    registered = {e.resource_pre_event.metadata.type for e in events if e.resource_pre_event}
-    assert "gitlab-runners:index:RunnerRegistration" in registered
-    assert not any(t.startswith("gitlab:") for t in registered)  # existing tokens: nothing in GitLab
-    for token in FAKE_TOKENS.values():
+    assert "gitlab-runners:target" not in output  # the settings accepted the stack
+    assert "gitlab-runners:index:RunnerRegistration" in pre_event_types(events)
+    for token in FAKE_DEV_TOKENS.values():
         assert token not in output
-
-
-def test_prod_stack_preview_without_a_cluster(project: Project, tmp_path: Path) -> None:
-    prod = stack(project, "prod")
-    prod.set_config(
-        "gitlab-runners:runnerTokens",
-        auto.ConfigValue(json.dumps({"prod-k8s": "glrt-integration-fake-k8s"}), secret=True),
-    )
-    kubeconfig = unreachable_kubeconfig(tmp_path / "kubeconfig")
-    prod.set_config(
-        "gitlab-runners:kubernetes",
-        auto.ConfigValue(
-            json.dumps(
-                {
-                    "namespace": "gitlab",
-                    "chart": {"repository": "https://charts.gitlab.io", "version": "0.82.0"},
-                    "kubeconfig": str(kubeconfig),
-                }
-            )
-        ),
-    )
-    events: list[auto.EngineEvent] = []
-    try:
-        result = prod.preview(color="never", on_event=events.append)
-        output = result.stdout
-        succeeded = True
-    except auto.CommandError as error:
-        output = str(error)
-        succeeded = False
-    registered = {e.resource_pre_event.metadata.type for e in events if e.resource_pre_event}
-    assert "kubernetes:core/v1:Namespace" in registered, output
-    assert "glrt-integration-fake-k8s" not in output
-    if not succeeded:
-        # Without a reachable cluster the failure names the cluster, not a stack trace.
-        assert "Traceback" not in output
-        assert "127.0.0.1" in output or "unreachable" in output or "connection refused" in output, output

@@ -5,7 +5,8 @@
 // script are. This host implements the part of the LanguageRuntime protocol that `pulumi preview`,
 // `up`, `destroy` and the Automation API need to run a Python program: it resolves the project's
 // virtualenv with the SDK's python/toolchain package and runs the SDK's pulumi-language-python-exec
-// script beside this binary. Where get.pulumi.com is reachable, use the official host instead.
+// script beside this binary, and it runs Python policy packs (`--policy-pack`) as analyzer plugins.
+// Where get.pulumi.com is reachable, use the official host instead.
 package main
 
 import (
@@ -21,6 +22,8 @@ import (
 	"strconv"
 	"time"
 
+	sdk "github.com/pulumi/pulumi/sdk/v3"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/apitype"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
 	"github.com/pulumi/pulumi/sdk/v3/python/toolchain"
@@ -249,4 +252,83 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 	default:
 		return &pulumirpc.RunResponse{Error: fmt.Sprintf("could not run the program: %v", err)}, nil
 	}
+}
+
+// RunPlugin runs a Python plugin; for a policy pack (an analyzer) that is `python -m pulumi.policy`,
+// behind the SDK's policy proxy, which hands the pack the stack's configuration.
+func (h *host) RunPlugin(req *pulumirpc.RunPluginRequest,
+	server grpc.ServerStreamingServer[pulumirpc.RunPluginResponse],
+) error {
+	ctx := server.Context()
+	tc, err := pythonToolchain(req.GetInfo())
+	if err != nil {
+		return err
+	}
+	programDir := req.GetInfo().GetProgramDirectory()
+	analyzer := req.GetKind() == string(apitype.AnalyzerPlugin)
+	var args []string
+	if analyzer {
+		args = append(append([]string{"-u", "-m", "pulumi.policy"}, req.GetArgs()...), programDir)
+	} else {
+		args = append([]string{programDir}, req.GetArgs()...)
+	}
+	cmd, err := tc.Command(ctx, args...)
+	if err != nil {
+		return err
+	}
+	closer, stdout, stderr, err := rpcutil.MakeRunPluginStreams(server, false)
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
+	cmd.Dir = req.GetPwd()
+
+	var proxy *sdk.PolicyProxy
+	if analyzer {
+		cmd.Dir = programDir
+		if proxy, stdout, err = sdk.NewPolicyProxy(ctx, stdout); err != nil {
+			return fmt.Errorf("cannot start the policy proxy: %w", err)
+		}
+		stack, err := proxy.AwaitConfiguration(ctx)
+		if err != nil {
+			return fmt.Errorf("cannot get the stack configuration: %w", err)
+		}
+		if stack != nil {
+			config, err := json.Marshal(stack.GetConfig())
+			if err != nil {
+				return err
+			}
+			for k, v := range map[string]string{
+				"PULUMI_ORGANIZATION": stack.GetOrganization(),
+				"PULUMI_PROJECT":      stack.GetProject(),
+				"PULUMI_STACK":        stack.GetStack(),
+				"PULUMI_DRY_RUN":      strconv.FormatBool(stack.GetDryRun()),
+				"PULUMI_CONFIG":       string(config),
+			} {
+				if v != "" {
+					cmd.Env = append(cmd.Env, k+"="+v)
+				}
+			}
+		}
+	}
+	cmd.Env = append(cmd.Env, req.GetEnv()...)
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("cannot run the plugin: %w", err)
+	}
+	if proxy != nil {
+		return proxy.Attach(ctx, cmd)
+	}
+	err = cmd.Wait()
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		return server.Send(&pulumirpc.RunPluginResponse{
+			Output: &pulumirpc.RunPluginResponse_Exitcode{Exitcode: int32(exitErr.ExitCode())},
+		})
+	}
+	return err
 }
