@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	sdk "github.com/pulumi/pulumi/sdk/v3"
@@ -237,7 +238,9 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 	// Config travels in the environment, as the SDK expects: never on the command line.
 	cmd.Env = append(env, "PULUMI_CONFIG="+string(config), "PULUMI_CONFIG_SECRET_KEYS="+string(keys))
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	// When the engine gives up on the program (an error elsewhere, or a cancellation), stop it with
+	// SIGTERM: it ends at once, without a KeyboardInterrupt traceback burying the engine's message.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
 
 	err = cmd.Run()
