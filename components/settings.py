@@ -39,6 +39,8 @@ SCOPES = ("instance", "group", "project")
 ACCESS_LEVELS = ("not_protected", "ref_protected")
 PULL_POLICIES = ("always", "if-not-present", "never")
 NAME_PATTERN = r"[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?"
+# An image reference with a tag other than `latest`, or a digest.
+PINNED_IMAGE_PATTERN = r"[^\s@]+:(?!latest$)[A-Za-z0-9_][A-Za-z0-9_.-]*|[^\s@:]+(:[^\s@/]+)?@sha256:[0-9a-f]{64}"
 QUANTITY_PATTERN = r"[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?"
 
 
@@ -273,7 +275,13 @@ def _parse_runner(node: Node, target: str, stack: str, problems: Problems) -> Ru
         maximum_timeout=node.get_int("maximumTimeout", "maximumTimeout: 3600", default=None, minimum=600),
         maintenance_note=node.get_str("maintenanceNote", "maintenanceNote: owned by platform", default=None),
         executor=executor or executors[0],
-        image=node.get_str("image", f"image: {DEFAULT_JOB_IMAGE}", default=DEFAULT_JOB_IMAGE),
+        image=node.get_str(
+            "image",
+            f"image: {DEFAULT_JOB_IMAGE}",
+            default=DEFAULT_JOB_IMAGE,
+            pattern=PINNED_IMAGE_PATTERN,
+            pattern_hint="must be pinned with a tag (not latest) or a digest",
+        ),
         request_concurrency=node.get_int(
             "requestConcurrency", "requestConcurrency: 1", default=1, minimum=1, maximum=100
         ),
@@ -326,7 +334,7 @@ def _parse_global(root: Node, runners: tuple[RunnerSpec, ...]) -> GlobalSettings
     )
 
 
-def _parse_docker(root: Node, stack: str, runners: tuple[RunnerSpec, ...]) -> DockerSettings:
+def _parse_docker(root: Node, stack: str) -> DockerSettings:
     node = root.child("docker", "docker: {host: unix:///var/run/docker.sock}")
     host = node.get_str(
         "host",
@@ -356,15 +364,9 @@ def _parse_docker(root: Node, stack: str, runners: tuple[RunnerSpec, ...]) -> Do
         "baseImage",
         f"baseImage: gitlab/gitlab-runner:{flavor}-v{RUNNER_VERSION}",
         default=f"gitlab/gitlab-runner:{flavor}-v{version}",
-        pattern=r"[^\s:@]+(:[A-Za-z0-9_.-]+|@sha256:[0-9a-f]{64})",
-        pattern_hint="must be pinned with a tag or digest",
+        pattern=PINNED_IMAGE_PATTERN,
+        pattern_hint="must be pinned with a tag (not latest) or a digest",
     )
-    if isinstance(base, str) and (base.endswith(":latest")):
-        root.report(
-            node.key("image.baseImage"),
-            'must not use the "latest" tag',
-            "baseImage: gitlab/gitlab-runner:alpine-v18.5.0",
-        )
     build = ImageBuild(
         base_image=base,
         runner_version=version,
@@ -389,8 +391,8 @@ def _parse_docker(root: Node, stack: str, runners: tuple[RunnerSpec, ...]) -> Do
         "prebuiltImage",
         "prebuiltImage: registry.example.com/runner:18.5.0",
         default=None,
-        pattern=r"[^\s:@]+(:[A-Za-z0-9_.-]+|@sha256:[0-9a-f]{64})",
-        pattern_hint="must be pinned with a tag or digest",
+        pattern=PINNED_IMAGE_PATTERN,
+        pattern_hint="must be pinned with a tag (not latest) or a digest",
     )
     if prebuilt and node.has("image"):
         root.report(node.key("prebuiltImage"), "and docker.image are exclusive", "set only one of them")
@@ -553,7 +555,7 @@ def parse_settings(
             problems.items.append(missing)
 
     global_ = _parse_global(root, runners)
-    docker = _parse_docker(root, stack, runners) if target == "docker" else None
+    docker = _parse_docker(root, stack) if target == "docker" else None
     kubernetes = _parse_kubernetes(root) if target == "kubernetes" else None
     for other in ("docker", "kubernetes"):
         if target and other != target and root.has(other):

@@ -196,9 +196,19 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "gitlab-runners:docker.image.runnerVersion must be an exact release",
     ),
     (
+        "unpinned job image",
+        {"target": "docker", "runners": [{"name": "a", "image": "alpine:latest"}]},
+        "gitlab-runners:runners[0].image must be pinned with a tag (not latest) or a digest",
+    ),
+    (
+        "latest base",
+        {"target": "docker", "docker": {"image": {"baseImage": "gitlab/gitlab-runner:latest"}}},
+        "gitlab-runners:docker.image.baseImage must be pinned with a tag (not latest) or a digest",
+    ),
+    (
         "unpinned base",
         {"target": "docker", "docker": {"image": {"baseImage": "gitlab/gitlab-runner"}}},
-        "gitlab-runners:docker.image.baseImage must be pinned with a tag or digest",
+        "gitlab-runners:docker.image.baseImage must be pinned with a tag (not latest) or a digest",
     ),
     (
         "unknown docker key",
@@ -279,3 +289,23 @@ def test_secret_value_never_echoed_in_errors() -> None:
     assert tokens == {} and problems
     assert "glrt-plaintext-value-123" not in str(problems[0])
     assert "must be stored as a secret" in str(problems[0])
+
+
+@pytest.mark.parametrize(
+    ("reference", "pinned"),
+    [
+        ("alpine:3.20.3", True),
+        ("registry.local:5000/team/runner:18.5.0", True),
+        ("alpine@sha256:" + "a" * 64, True),
+        ("alpine", False),
+        ("alpine:latest", False),
+        ("registry.local:5000/team/runner", False),
+    ],
+)
+def test_job_image_pinning(reference: str, pinned: bool) -> None:
+    values = {"target": "docker", "runners": [{"name": "a", "image": reference}]}
+    if pinned:
+        assert parse(values).runners[0].image == reference
+    else:
+        with pytest.raises(SettingsError, match=r"runners\[0\]\.image must be pinned"):
+            parse(values)
