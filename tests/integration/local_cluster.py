@@ -1,0 +1,175 @@
+"""A real, local Kubernetes control plane for the integration tests: etcd, kube-apiserver and
+kube-controller-manager (for namespace deletion), built by scripts/cluster-binaries, listening on
+127.0.0.1 only. There are no nodes: the tests deploy objects, not pods.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Cluster:
+    url: str
+    token: str
+    kubeconfig: Path
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One API call as the cluster admin (the server's certificate is self-signed)."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)  # noqa: S310
+        request.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
+                text = response.read()
+                return response.status, json.loads(text) if text else None
+        except urllib.error.HTTPError as error:
+            text = error.read()
+            return error.code, json.loads(text) if text.startswith(b"{") else text.decode()
+
+    def get(self, path: str) -> Any:
+        status, body = self.request("GET", path)
+        return body if status == 200 else None
+
+    def wait_gone(self, path: str, seconds: float = 90) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.request("GET", path)[0] == 404:
+                return True
+            time.sleep(1)
+        return False
+
+
+def _wait_ready(cluster: Cluster, processes: dict[str, subprocess.Popen[bytes]], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    last: object = None
+    while time.monotonic() < deadline:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode} (see its log)")
+        try:
+            status, last = cluster.request("GET", "/readyz")
+            if status == 200:
+                return
+        except OSError as error:
+            last = error
+        time.sleep(0.5)
+    raise RuntimeError(f"kube-apiserver not ready after {seconds} s: {last}")
+
+
+def _write_kubeconfig(path: Path, url: str, token: str) -> None:
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "local", "cluster": {"server": url, "insecure-skip-tls-verify": True}}],
+                "users": [{"name": "admin", "user": {"token": token}}],
+                "contexts": [{"name": "local", "context": {"cluster": "local", "user": "admin"}}],
+                "current-context": "local",
+            }
+        )
+    )
+    path.chmod(0o600)
+
+
+@contextmanager
+def local_cluster(bin_dir: Path, work: Path) -> Iterator[Cluster]:
+    work.mkdir(parents=True, exist_ok=True)
+    etcd_client, etcd_peer, api_port, cm_port = (free_port() for _ in range(4))
+    token = secrets.token_hex(16)
+    (work / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
+    (work / "tokens.csv").chmod(0o600)
+    subprocess.run(["openssl", "genrsa", "-out", str(work / "sa.key"), "2048"], check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "rsa", "-in", str(work / "sa.key"), "-pubout", "-out", str(work / "sa.pub")],
+        check=True,
+        capture_output=True,
+    )
+    url = f"https://127.0.0.1:{api_port}"
+    cluster = Cluster(url=url, token=token, kubeconfig=work / "kubeconfig")
+    _write_kubeconfig(cluster.kubeconfig, url, token)
+    etcd_url = f"http://127.0.0.1:{etcd_client}"
+    commands = {
+        "etcd": [
+            str(bin_dir / "etcd"),
+            "--name=test",
+            f"--data-dir={work / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-cluster=test=http://127.0.0.1:{etcd_peer}",
+            "--log-level=warn",
+        ],
+        "kube-apiserver": [
+            str(bin_dir / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={api_port}",
+            f"--cert-dir={work / 'certs'}",
+            f"--token-auth-file={work / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={work / 'sa.pub'}",
+            f"--service-account-signing-key-file={work / 'sa.key'}",
+            # An allocation range for Service objects; nothing is routed to it.
+            "--service-cluster-ip-range=10.96.0.0/24",
+        ],
+        "kube-controller-manager": [
+            str(bin_dir / "kube-controller-manager"),
+            f"--kubeconfig={cluster.kubeconfig}",
+            "--controllers=namespace-controller,garbage-collector-controller",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={cm_port}",
+        ],
+    }
+    with ExitStack() as stack:
+        processes: dict[str, subprocess.Popen[bytes]] = {}
+
+        def start(name: str) -> None:
+            log: IO[bytes] = stack.enter_context((work / f"{name}.log").open("wb"))
+            process = subprocess.Popen(commands[name], stdout=log, stderr=subprocess.STDOUT)
+            processes[name] = process
+            stack.callback(_stop, process)
+
+        start("etcd")
+        start("kube-apiserver")
+        _wait_ready(cluster, processes)
+        start("kube-controller-manager")
+        yield cluster
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
