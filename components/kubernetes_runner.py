@@ -59,6 +59,7 @@ def chart_values(
         "replicas": settings.replicas,
         "terminationGracePeriodSeconds": settings.termination_grace_period,
         "shutdown_timeout": global_.shutdown_timeout,
+        # The runner belongs to the stack (RunnerRegistration): a pod going away must not remove it.
         "unregisterRunners": False,
         "rbac": {"create": settings.rbac_create, "clusterWideAccess": settings.rbac_cluster_wide},
         "serviceAccount": service_account,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pulumi
 import pulumi_docker as docker
 import pulumi_gitlab as gitlab
 import pulumi_kubernetes as kubernetes
@@ -28,12 +27,11 @@ def docker_provider(docker_settings: DockerSettings) -> docker.Provider:
 
 
 def kubernetes_provider(kubernetes_settings: KubernetesSettings) -> kubernetes.Provider:
-    kubeconfig = kubernetes_settings.kubeconfig
+    """The cluster from the stack's kubeconfig/context (else the ambient kubeconfig)."""
     return kubernetes.Provider(
         "kubernetes",
-        kubeconfig=kubeconfig,
+        kubeconfig=kubernetes_settings.kubeconfig,
         context=kubernetes_settings.context,
-        # Keep the namespace explicit on every object instead of inheriting the kubeconfig's.
+        # Objects without a namespace land in the runners' namespace, never in the kubeconfig's.
         namespace=kubernetes_settings.namespace,
-        opts=pulumi.ResourceOptions(),
     )

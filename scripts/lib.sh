@@ -17,3 +17,25 @@ pulumi_offline_env() {
   export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
   export PULUMI_IGNORE_AMBIENT_PLUGINS=true
 }
+
+# Download a Go module at an exact version and print its (read-only) directory; a refusal by the
+# module proxy is printed, not swallowed.
+module_dir() {
+  local answer dir attempt
+  for attempt in 1 2 3; do  # a registry hiccup is retried; a refusal stays a refusal
+    answer="$(go mod download -json "$1@$2" 2>&1 || true)"
+    dir="$(printf '%s\n' "$answer" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+    [ -n "$dir" ] && break
+    sleep "$attempt"
+  done
+  if [ -z "$dir" ]; then
+    say "cannot download $1@$2: $(printf '%s\n' "$answer" | sed -n 's/^\t"Error": "\(.*\)"$/\1/p')"
+    return 1
+  fi
+  echo "$dir"
+}
+
+# Copy a module directory to a writable place where its own go.mod applies as it is.
+writable_copy() {
+  mkdir -p "$(dirname "$2")" && rm -rf "$2" && cp -r "$1" "$2" && chmod -R u+w "$2"
+}

@@ -44,11 +44,9 @@ class Cluster:
         context.verify_mode = ssl.CERT_NONE
         try:
             with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
-                text = response.read()
-                return response.status, json.loads(text) if text else None
+                return response.status, _body(response.read())
         except urllib.error.HTTPError as error:
-            text = error.read()
-            return error.code, json.loads(text) if text.startswith(b"{") else text.decode()
+            return error.code, _body(error.read())
 
     def get(self, path: str) -> Any:
         status, body = self.request("GET", path)
@@ -61,6 +59,14 @@ class Cluster:
                 return True
             time.sleep(1)
         return False
+
+
+def _body(text: bytes) -> Any:
+    """JSON for API objects; plain text for the health endpoints."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text.decode()
 
 
 def _wait_ready(cluster: Cluster, processes: dict[str, subprocess.Popen[bytes]], seconds: float = 120) -> None:
