@@ -7,7 +7,6 @@ import pulumi
 from components.docker_runner import DockerRunner, DockerRunnerArgs
 from components.kubernetes_runner import KubernetesRunner, KubernetesRunnerArgs
 from components.providers import docker_provider, gitlab_provider, kubernetes_provider
-from components.runner_config import render_config_toml
 from components.runner_image import RunnerImage, RunnerImageArgs
 from components.runner_registration import RunnerRegistration, RunnerRegistrationArgs
 from components.settings import load_settings
@@ -32,22 +31,15 @@ if settings.docker is not None:
         pulumi.export("image", image.image_name)
     else:
         image_ref = settings.docker.prebuilt_image or ""
-    # Holds every runner token: a secret Output from end to end.
-    config_toml: pulumi.Output[str] = pulumi.Output.secret(
-        pulumi.Output.all(**registration.tokens).apply(
-            lambda tokens: render_config_toml(settings.global_, settings.runners, settings.gitlab_url, tokens)
-        )
-    )
     runner = DockerRunner(
         "docker-runner",
         DockerRunnerArgs(
             settings=settings.docker,
             runners=settings.runners,
             image=image_ref,
-            config_toml=config_toml,
-            metrics_listen_address=settings.global_.metrics_listen_address
-            if settings.global_.metrics_enabled
-            else None,
+            global_=settings.global_,
+            gitlab_url=settings.gitlab_url,
+            tokens=registration.tokens,
             allow_privileged=settings.allow_privileged,
         ),
         opts=on_docker,

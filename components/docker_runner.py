@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_docker as docker
 
-from components.settings import DockerSettings, RunnerSpec
+from components.runner_config import render_config_toml
+from components.settings import DockerSettings, GlobalSettings, RunnerSpec
 
 COMPONENT_TYPE = "gitlab-runners:index:DockerRunner"
 CONFIG_DIR = "/etc/gitlab-runner"
@@ -26,11 +27,14 @@ class DockerRunnerArgs:
     image: pulumi.Input[str]
     """The image to run (an image ID or a pinned reference)."""
 
-    config_toml: pulumi.Output[str]
-    """The rendered config.toml; must be a secret Output (it holds tokens)."""
+    global_: GlobalSettings
+    """config.toml's global part (concurrency, intervals, metrics; shared with the Kubernetes target)."""
 
-    metrics_listen_address: str | None = None
-    """When set, the health check asks the runner's metrics endpoint instead of reading config."""
+    gitlab_url: str
+    """The GitLab instance the runners talk to."""
+
+    tokens: dict[str, pulumi.Output[str]]
+    """Runner name -> secret glrt- token; they reach only the uploaded config.toml."""
 
     allow_privileged: bool = False
     """The stack allows privileged jobs; recorded as a label the policy pack reads."""
@@ -61,6 +65,13 @@ class DockerRunner(pulumi.ComponentResource):
     def __init__(self, name: str, args: DockerRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(COMPONENT_TYPE, name, None, opts)
         settings = args.settings
+        # config.toml holds every runner token: a secret Output from end to end.
+        config_toml: pulumi.Output[str] = pulumi.Output.secret(
+            pulumi.Output.all(**args.tokens).apply(
+                lambda tokens: render_config_toml(args.global_, args.runners, args.gitlab_url, tokens)
+            )
+        )
+        metrics = args.global_.metrics_listen_address if args.global_.metrics_enabled else None
         labels = {
             "io.gitlab-runners.component": name,
             "io.gitlab-runners.managed-by": "pulumi",
@@ -95,11 +106,9 @@ class DockerRunner(pulumi.ComponentResource):
             network_mode=settings.network_mode,
             mounts=mounts,
             uploads=[
-                docker.ContainerUploadArgs(
-                    file=f"{CONFIG_DIR}/config.toml", content=args.config_toml, permissions="0600"
-                )
+                docker.ContainerUploadArgs(file=f"{CONFIG_DIR}/config.toml", content=config_toml, permissions="0600")
             ],
-            healthcheck=health_check(args.metrics_listen_address),
+            healthcheck=health_check(metrics),
             capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
             security_opts=["no-new-privileges:true"],
             privileged=False,

@@ -93,10 +93,19 @@ def _docker_runner(mocks: RecordingMocks, runners: list[dict[str, Any]], **docke
     s = settings("docker", runners=runners, docker=docker)
     docker_settings = s.docker
     assert docker_settings is not None
-    config = pulumi.Output.secret("concurrent = 1\n")
+    # A token handed in as a plain Output: the component must still upload config.toml as a secret.
+    tokens = {r.name: pulumi.Output.from_input(f"glrt-{r.name}-unit") for r in s.runners}
     run(
         lambda: DockerRunner(
-            "dr", DockerRunnerArgs(settings=docker_settings, runners=s.runners, image="sha256:abc", config_toml=config)
+            "dr",
+            DockerRunnerArgs(
+                settings=docker_settings,
+                runners=s.runners,
+                image="sha256:abc",
+                global_=s.global_,
+                gitlab_url="https://gl.example",
+                tokens=tokens,
+            ),
         )
     )
     return mocks.one("docker:index/container:Container")
@@ -117,7 +126,11 @@ def test_docker_runner_container(mocks: RecordingMocks) -> None:
     } in inputs["mounts"]
     assert any(m["target"] == "/var/run/docker.sock" for m in inputs["mounts"])
     assert inputs["healthcheck"]["tests"] == ["CMD", "gitlab-runner", "list"]
-    assert "uploads[0].content" in container.secret_inputs or "uploads" in container.secret_inputs
+    assert container.secret_inputs, "config.toml must travel as a secret"
+    (upload,) = inputs["uploads"]
+    assert upload["file"] == "/etc/gitlab-runner/config.toml" and upload["permissions"] == "0600"
+    config = tomllib.loads(upload["content"])
+    assert config["runners"][0]["token"] == "glrt-d-unit" and config["runners"][0]["url"] == "https://gl.example"
 
 
 def test_shell_only_runner_gets_no_docker_socket(mocks: RecordingMocks) -> None:
