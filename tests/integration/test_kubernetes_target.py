@@ -90,6 +90,19 @@ def test_prod_stack_up_preview_destroy(project: Project, cluster: Cluster) -> No
 
         # A second run changes nothing.
         prod.preview(color="never", expect_no_changes=True)
+
+        # A settings change updates the release in place: no resource is replaced, the token's
+        # Secret is left alone.
+        secret_uid = secret["metadata"]["uid"]
+        runners = json.loads(prod.get_config("gitlab-runners:runners").value)
+        runners[0]["limit"] = 3
+        prod.set_config("gitlab-runners:runners", auto.ConfigValue(json.dumps(runners)))
+        changed = prod.up(color="never")
+        assert changed.summary.resource_changes == {"same": 6, "update": 1}
+        values = cluster.get("/api/v1/namespaces/gitlab/configmaps/prod-k8s-runner-values")["data"]
+        assert values["concurrent"] == "3"
+        again = cluster.get("/api/v1/namespaces/gitlab/secrets/prod-k8s-runner-token")
+        assert again["metadata"]["uid"] == secret_uid
     finally:
         destroyed = prod.destroy(color="never")
         prod.workspace.remove_stack("prod")
