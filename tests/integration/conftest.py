@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pulumi import automation as auto
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml", "Pulumi.prod.yaml", "__main__.py", "requirements.txt")
@@ -82,3 +83,10 @@ def unsafe_project(tmp_path: Path, project: Project) -> Project:
     pulumi_yaml.write_text(pulumi_yaml.read_text().replace("../../../.venv", ".venv"))
     (work / ".venv").symlink_to(ROOT / ".venv")
     return Project(work, project.env)
+
+
+def stack(project: Project, name: str) -> auto.Stack:
+    """The project's stack `name` in the test's own backend."""
+    return auto.create_or_select_stack(
+        stack_name=name, work_dir=str(project.dir), opts=auto.LocalWorkspaceOptions(env_vars=project.env)
+    )

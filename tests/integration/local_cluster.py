@@ -86,7 +86,8 @@ def _wait_ready(cluster: Cluster, processes: dict[str, subprocess.Popen[bytes]],
     raise RuntimeError(f"kube-apiserver not ready after {seconds} s: {last}")
 
 
-def _write_kubeconfig(path: Path, url: str, token: str) -> None:
+def write_kubeconfig(path: Path, url: str, token: str) -> Path:
+    """A kubeconfig for `url` with a bearer token; the server certificate is not checked (self-signed)."""
     path.write_text(
         json.dumps(
             {
@@ -100,6 +101,7 @@ def _write_kubeconfig(path: Path, url: str, token: str) -> None:
         )
     )
     path.chmod(0o600)
+    return path
 
 
 @contextmanager
@@ -117,7 +119,7 @@ def local_cluster(bin_dir: Path, work: Path) -> Iterator[Cluster]:
     )
     url = f"https://127.0.0.1:{api_port}"
     cluster = Cluster(url=url, token=token, kubeconfig=work / "kubeconfig")
-    _write_kubeconfig(cluster.kubeconfig, url, token)
+    write_kubeconfig(cluster.kubeconfig, url, token)
     etcd_url = f"http://127.0.0.1:{etcd_client}"
     commands = {
         "etcd": [

@@ -4,13 +4,13 @@ bad config, and the policy pack. No cluster, no chart repository and no GitLab a
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 from pulumi import automation as auto
 
-from tests.integration.conftest import ROOT, Project
+from tests.integration.conftest import ROOT, Project, stack
+from tests.integration.local_cluster import free_port, write_kubeconfig
 
 FAKE_DEV_TOKENS = {"dev-docker": "glrt-integration-fake-docker", "dev-shell": "glrt-integration-fake-shell"}
 FAKE_PROD_TOKEN = "glrt-integration-fake-kubernetes"
@@ -18,33 +18,9 @@ LOCAL_CHART = ROOT / "tests" / "fixtures" / "chart"
 POLICY_PACK = str(ROOT / "policy")
 
 
-def stack(project: Project, name: str) -> auto.Stack:
-    return auto.create_or_select_stack(
-        stack_name=name,
-        work_dir=str(project.dir),
-        opts=auto.LocalWorkspaceOptions(env_vars=project.env),
-    )
-
-
 def unreachable_kubeconfig(path: Path) -> Path:
     """A kubeconfig whose API server is a 127.0.0.1 port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    cluster = {"server": f"https://127.0.0.1:{port}", "insecure-skip-tls-verify": True}
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "none", "cluster": cluster}],
-                "users": [{"name": "none", "user": {"token": "no-credential"}}],
-                "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
-                "current-context": "none",
-            }
-        )
-    )
-    return path
+    return write_kubeconfig(path, f"https://127.0.0.1:{free_port()}", "no-credential")
 
 
 def prod_stack(project: Project, tmp_path: Path, chart: dict[str, str]) -> auto.Stack:

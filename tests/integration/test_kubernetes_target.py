@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pulumi import automation as auto
 
-from tests.integration.conftest import ROOT, Project
+from tests.integration.conftest import ROOT, Project, stack
 from tests.integration.local_cluster import Cluster, local_cluster
 
 FAKE_TOKEN = "glrt-integration-fake-cluster-token"
@@ -52,9 +52,7 @@ def test_prod_stack_up_preview_destroy(project: Project, cluster: Cluster) -> No
     status, _ = cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": "bystander"}})
     assert status == 201
 
-    prod = auto.create_or_select_stack(
-        stack_name="prod", work_dir=str(project.dir), opts=auto.LocalWorkspaceOptions(env_vars=project.env)
-    )
+    prod = stack(project, "prod")
     prod.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps({"prod-k8s": FAKE_TOKEN}), secret=True))
     kubernetes = {"namespace": "gitlab", "chart": {"path": str(LOCAL_CHART)}, "kubeconfig": str(cluster.kubeconfig)}
     prod.set_config("gitlab-runners:kubernetes", auto.ConfigValue(json.dumps(kubernetes)))
