@@ -207,6 +207,17 @@ def _url_check(value: str) -> str | None:
     return None if re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", value) else "must be an http(s) URL"
 
 
+def _pinned_image(node: Node, name: str, example: str, default: str | None) -> Any:
+    """An image reference that must be pinned: a tag other than `latest`, or a digest."""
+    return node.get_str(
+        name,
+        example,
+        default=default,
+        pattern=PINNED_IMAGE_PATTERN,
+        pattern_hint="must be pinned with a tag (not latest) or a digest",
+    )
+
+
 def _parse_runner(node: Node, target: str, stack: str, problems: Problems) -> RunnerSpec:
     name = node.get_str(
         "name",
@@ -275,13 +286,7 @@ def _parse_runner(node: Node, target: str, stack: str, problems: Problems) -> Ru
         maximum_timeout=node.get_int("maximumTimeout", "maximumTimeout: 3600", default=None, minimum=600),
         maintenance_note=node.get_str("maintenanceNote", "maintenanceNote: owned by platform", default=None),
         executor=executor or executors[0],
-        image=node.get_str(
-            "image",
-            f"image: {DEFAULT_JOB_IMAGE}",
-            default=DEFAULT_JOB_IMAGE,
-            pattern=PINNED_IMAGE_PATTERN,
-            pattern_hint="must be pinned with a tag (not latest) or a digest",
-        ),
+        image=_pinned_image(node, "image", f"image: {DEFAULT_JOB_IMAGE}", DEFAULT_JOB_IMAGE),
         request_concurrency=node.get_int(
             "requestConcurrency", "requestConcurrency: 1", default=1, minimum=1, maximum=100
         ),
@@ -360,12 +365,11 @@ def _parse_docker(root: Node, stack: str) -> DockerSettings:
         pattern=r"[0-9]+\.[0-9]+\.[0-9]+",
         pattern_hint="must be an exact release such as 18.5.0 (never latest)",
     )
-    base = image.get_str(
+    base = _pinned_image(
+        image,
         "baseImage",
         f"baseImage: gitlab/gitlab-runner:{flavor}-v{RUNNER_VERSION}",
-        default=f"gitlab/gitlab-runner:{flavor}-v{version}",
-        pattern=PINNED_IMAGE_PATTERN,
-        pattern_hint="must be pinned with a tag (not latest) or a digest",
+        f"gitlab/gitlab-runner:{flavor}-v{version}",
     )
     build = ImageBuild(
         base_image=base,
@@ -387,13 +391,7 @@ def _parse_docker(root: Node, stack: str) -> DockerSettings:
         ),
     )
     image.finish()
-    prebuilt = node.get_str(
-        "prebuiltImage",
-        "prebuiltImage: registry.example.com/runner:18.5.0",
-        default=None,
-        pattern=PINNED_IMAGE_PATTERN,
-        pattern_hint="must be pinned with a tag (not latest) or a digest",
-    )
+    prebuilt = _pinned_image(node, "prebuiltImage", "prebuiltImage: registry.example.com/runner:18.5.0", None)
     if prebuilt and node.has("image"):
         root.report(node.key("prebuiltImage"), "and docker.image are exclusive", "set only one of them")
     settings = DockerSettings(
