@@ -11,11 +11,28 @@ export CACHE
 say() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-# The offline engine settings: a local state backend is chosen per command, never Pulumi Cloud.
-pulumi_offline_env() {
-  export PULUMI_SKIP_UPDATE_CHECK=true
-  export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
-  export PULUMI_IGNORE_AMBIENT_PLUGINS=true
+# A build cached under $CACHE/<kind>/<key>, the key a hash of the files given. Sets `dest` (the
+# finished folder) and `work` (where to build it); succeeds when `dest` is already complete.
+cache_slot() {
+  local kind="$1"
+  shift
+  dest="$CACHE/$kind/$(cat "$@" | sha256sum | cut -c1-16)"
+  work="$dest.partial"
+  [ -f "$dest/.complete" ]
+}
+
+# Publish `work` as `dest` in one step: an interrupted build is never taken for a finished one.
+cache_commit() {
+  rm -rf "$dest" && mv "$work" "$dest" && touch "$dest/.complete"
+}
+
+# Go, at the version the pinned modules need.
+require_go() {
+  command -v go >/dev/null || die "go is needed to build $1 (Go >= $GO_MIN_VERSION)"
+  local version
+  version="$(go env GOVERSION | sed 's/^go//')"
+  [ "$(printf '%s\n%s\n' "$GO_MIN_VERSION" "$version" | sort -V | head -1)" = "$GO_MIN_VERSION" ] \
+    || die "Go $version is older than $GO_MIN_VERSION"
 }
 
 # Download a Go module at an exact version and print its (read-only) directory; a refusal by the
