@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pulumi
 
-from components.docker_runner import DockerRunner, DockerRunnerArgs
+from components.docker_host import DockerHost, DockerHostArgs
 from components.kubernetes_runner import KubernetesRunner, KubernetesRunnerArgs
-from components.providers import docker_provider, gitlab_provider, kubernetes_provider
-from components.runner_image import RunnerImage, RunnerImageArgs
+from components.providers import gitlab_provider, kubernetes_provider
 from components.runner_registration import RunnerRegistration, RunnerRegistrationArgs
 from components.settings import load_settings
 
@@ -20,33 +19,34 @@ registration = RunnerRegistration(
     opts=pulumi.ResourceOptions(providers=[gitlab] if gitlab else []),
 )
 
-targets: dict[str, dict[str, pulumi.Output[str]]] = {}
+targets: dict[str, dict[str, pulumi.Input[object]]] = {r.name: {} for r in settings.runners}
 if settings.docker is not None:
-    docker = docker_provider(settings.docker)
-    on_docker = pulumi.ResourceOptions(providers=[docker])
-    image_ref: pulumi.Input[str]
-    if settings.docker.build is not None:
-        image = RunnerImage("runner-image", RunnerImageArgs(build=settings.docker.build), opts=on_docker)
-        image_ref = image.image_ref
-        pulumi.export("image", image.image_name)
-    else:
-        image_ref = settings.docker.prebuilt_image or ""
-    runner = DockerRunner(
-        "docker-runner",
-        DockerRunnerArgs(
-            settings=settings.docker,
-            runners=settings.runners,
-            image=image_ref,
-            global_=settings.global_,
-            gitlab_url=settings.gitlab_url,
-            tokens=registration.tokens,
-            allow_privileged=settings.allow_privileged,
-        ),
-        opts=on_docker,
-    )
-    targets = {
-        r.name: {"container": runner.container_name, "containerId": runner.container_id} for r in settings.runners
-    }
+    images = {}
+    for host in settings.docker.hosts:
+        runners = [r for r in settings.runners if host.name in (r.hosts or ())]
+        on_host = DockerHost(
+            f"docker-{host.name}",
+            DockerHostArgs(
+                host=host,
+                target=settings.docker,
+                runners=runners,
+                global_=settings.global_,
+                gitlab_url=settings.gitlab_url,
+                tokens=registration.tokens,
+                tls=secrets.docker_tls.get(host.name),
+                allow_privileged=settings.allow_privileged,
+            ),
+        )
+        if on_host.image_name is not None:
+            images[host.name] = on_host.image_name
+        for runner in runners:
+            kind = "docker" if runner.executor == "docker" else "shell"
+            targets[runner.name][host.name] = {
+                "container": on_host.containers[kind],
+                "containerId": on_host.container_ids[kind],
+            }
+    if images:
+        pulumi.export("images", images)
 elif settings.kubernetes is not None:
     cluster = kubernetes_provider(settings.kubernetes)
     release = KubernetesRunner(
@@ -61,13 +61,11 @@ elif settings.kubernetes is not None:
         ),
         opts=pulumi.ResourceOptions(providers=[cluster]),
     )
-    targets = {
-        name: {"release": release_name, "namespace": release.namespace}
-        for name, release_name in release.release_names.items()
-    }
+    for name, release_name in release.release_names.items():
+        targets[name] = {"release": release_name, "namespace": release.namespace}
 
 pulumi.export("target", settings.target)
 pulumi.export(
     "runners",
-    {r.name: {"gitlabId": registration.runner_ids[r.name], **targets.get(r.name, {})} for r in settings.runners},
+    {r.name: {"gitlabId": registration.runner_ids[r.name], **targets[r.name]} for r in settings.runners},
 )

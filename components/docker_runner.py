@@ -1,34 +1,47 @@
-"""DockerRunner: the runner manager as a container on a Docker host."""
+"""DockerRunner: one runner manager container on a Docker host, for runners of one executor kind.
+
+config.toml reaches the container's config volume through a one-shot "config sync" container, never
+through the runner container's own inputs: every input of a Docker container forces its replacement,
+and replacing a runner stops its job intake and drains it for up to the stop timeout. So a settings
+change re-runs only the sync container; the running runner notices the new file and reloads it. The
+sync keeps the credentials the runner owns (components/files/sync-config.sh): a token the runner
+rotated itself is never overwritten.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pulumi
 import pulumi_docker as docker
 
 from components.runner_config import render_config_toml
-from components.settings import DockerSettings, GlobalSettings, RunnerSpec
+from components.settings import GlobalSettings, Runner
 
 COMPONENT_TYPE = "gitlab-runners:index:DockerRunner"
 CONFIG_DIR = "/etc/gitlab-runner"
 SOCKET_IN_CONTAINER = "/var/run/docker.sock"
+STAGING_DIR = "/gitlab-runners"
+FILES = Path(__file__).resolve().parent / "files"
+# Time a delete gets beyond the stop timeout: the daemon's own stop, removal and the provider's checks.
+DELETE_MARGIN_SECONDS = 300
 
 
 @dataclass(frozen=True)
 class DockerRunnerArgs:
-    settings: DockerSettings
-    """Host, network mode, container name, stop timeout, config volume policy."""
+    container_name: str
+    """The runner container's name; its config volume is `<name>-config`, the sync container `<name>-sync`."""
 
-    runners: Sequence[RunnerSpec]
-    """The runners this container serves; decides whether the Docker socket is mounted."""
+    runners: Sequence[Runner]
+    """The runners this container serves, all of one executor kind."""
 
     image: pulumi.Input[str]
-    """The image to run (an image ID or a pinned reference)."""
+    """The image to run (an image ID, so a rebuilt image replaces the container, or a pinned reference)."""
 
     global_: GlobalSettings
-    """config.toml's global part (concurrency, intervals, metrics; shared with the Kubernetes target)."""
+    """config.toml's global part (concurrency, intervals; shared with the Kubernetes target)."""
 
     gitlab_url: str
     """The GitLab instance the runners talk to."""
@@ -36,27 +49,50 @@ class DockerRunnerArgs:
     tokens: dict[str, pulumi.Output[str]]
     """Runner name -> secret glrt- token; they reach only the uploaded config.toml."""
 
+    socket_path: str | None
+    """The Docker socket on the host, mounted for the docker executor; None mounts none."""
+
+    network_mode: str = "bridge"
+    """`bridge`, or `host` to reach services on the host's loopback."""
+
+    metrics_port: int = 9252
+    """The port the runner serves its metrics on (its health check reads them)."""
+
+    publish_metrics: bool = False
+    """Serve the metrics beyond the container: published on the host (bridge) or on `metrics_address` (host)."""
+
+    metrics_address: str = "127.0.0.1"
+    """The host address the metrics are published on when `publish_metrics`."""
+
+    stop_timeout: int = 3600
+    """Seconds a stopping runner gets to finish its running jobs (SIGQUIT)."""
+
+    keep_config_volume: bool = False
+    """Keep the config volume (and the credentials the runner holds) when the stack is destroyed."""
+
     allow_privileged: bool = False
     """The stack allows privileged jobs; recorded as a label the policy pack reads."""
 
 
-def needs_docker_socket(runners: Sequence[RunnerSpec]) -> bool:
-    """Only the docker executor talks to the Docker engine; shell runners never get the socket."""
-    return any(r.executor == "docker" for r in runners)
+def listen_address(args: DockerRunnerArgs) -> str:
+    """Where the runner serves metrics: always on, for the health check; beyond 127.0.0.1 only when asked."""
+    if args.network_mode == "host":
+        return f"{args.metrics_address if args.publish_metrics else '127.0.0.1'}:{args.metrics_port}"
+    return f"{'0.0.0.0' if args.publish_metrics else '127.0.0.1'}:{args.metrics_port}"  # noqa: S104 - own netns
 
 
-def health_check(metrics_listen_address: str | None) -> docker.ContainerHealthcheckArgs:
-    if metrics_listen_address:
-        port = metrics_listen_address.rsplit(":", 1)[1]
-        test = ["CMD-SHELL", f"wget -q -O /dev/null http://127.0.0.1:{port}/metrics"]
-    else:
-        # `list` parses config.toml: a broken config makes the container unhealthy.
-        test = ["CMD", "gitlab-runner", "list"]
-    return docker.ContainerHealthcheckArgs(tests=test, interval="30s", timeout="10s", retries=3, start_period="10s")
+def health_check(args: DockerRunnerArgs) -> docker.ContainerHealthcheckArgs:
+    address = listen_address(args).rsplit(":", 1)[0]
+    probe = "127.0.0.1" if address in ("0.0.0.0", "127.0.0.1") else address  # noqa: S104
+    script = (FILES / "healthcheck.sh").read_text()
+    script = script.replace("__ADDRESS__", probe).replace("__PORT__", str(args.metrics_port))
+    return docker.ContainerHealthcheckArgs(
+        tests=["CMD-SHELL", script], interval="5s", timeout="10s", retries=3, start_period="5s"
+    )
 
 
 class DockerRunner(pulumi.ComponentResource):
-    """A config volume, and the runner container with config.toml uploaded into it."""
+    """A config volume, the config sync container, and the runner container."""
 
     container_name: pulumi.Output[str]
     container_id: pulumi.Output[str]
@@ -64,60 +100,108 @@ class DockerRunner(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DockerRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(COMPONENT_TYPE, name, None, opts)
-        settings = args.settings
-        # config.toml holds every runner token: a secret Output from end to end.
-        config_toml: pulumi.Output[str] = pulumi.Output.secret(
-            pulumi.Output.all(**args.tokens).apply(
-                lambda tokens: render_config_toml(args.global_, args.runners, args.gitlab_url, tokens)
-            )
-        )
-        metrics = args.global_.metrics_listen_address if args.global_.metrics_enabled else None
         labels = {
             "io.gitlab-runners.component": name,
             "io.gitlab-runners.managed-by": "pulumi",
             "io.gitlab-runners.allow-privileged": "true" if args.allow_privileged else "false",
         }
+        address = listen_address(args)
+        # config.toml holds every runner token: a secret Output from end to end.
+        config_toml: pulumi.Output[str] = pulumi.Output.secret(
+            pulumi.Output.all(**args.tokens).apply(
+                lambda tokens: render_config_toml(args.global_, args.runners, args.gitlab_url, tokens, address)
+            )
+        )
 
         volume = docker.Volume(
             f"{name}-config",
-            name=f"{settings.container_name}-config",
+            name=f"{args.container_name}-config",
             labels=[docker.VolumeLabelArgs(label=k, value=v) for k, v in labels.items()],
-            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=settings.keep_config_volume),
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=args.keep_config_volume),
         )
+        config_volume = docker.ContainerVolumeArgs(volume_name=volume.name, container_path=CONFIG_DIR)
 
-        mounts = [docker.ContainerMountArgs(target=CONFIG_DIR, type="volume", source=volume.name, read_only=False)]
-        if needs_docker_socket(args.runners):
-            mounts.append(
-                docker.ContainerMountArgs(
-                    target=SOCKET_IN_CONTAINER, type="bind", source=settings.socket_path, read_only=False
+        # Runs once per rendered config.toml: a changed file replaces this container, and only it.
+        sync = docker.Container(
+            f"{name}-sync",
+            name=f"{args.container_name}-sync",
+            image=args.image,
+            entrypoints=["/bin/sh", f"{STAGING_DIR}/sync-config"],
+            command=["sync"],
+            network_mode=args.network_mode,
+            volumes=[config_volume],
+            uploads=[
+                docker.ContainerUploadArgs(file=f"{STAGING_DIR}/config.toml", content=config_toml, permissions="0600"),
+                docker.ContainerUploadArgs(
+                    file=f"{STAGING_DIR}/sync-config",
+                    content=(FILES / "sync-config.sh").read_text(),
+                    permissions="0755",
+                ),
+            ],
+            # Wait for it to finish; it is not a service (must_run=False keeps an exited one as it is).
+            attach=True,
+            must_run=False,
+            logs=False,
+            rm=False,
+            restart="no",
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
+            security_opts=["no-new-privileges:true"],
+            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()],
+            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["uploads"]),
+        )
+        sync.exit_code.apply(lambda code: _check_sync(code, args.container_name))
+
+        volumes = [config_volume]
+        if args.socket_path is not None:
+            volumes.append(docker.ContainerVolumeArgs(host_path=args.socket_path, container_path=SOCKET_IN_CONTAINER))
+        ports = None
+        if args.publish_metrics and args.network_mode == "bridge":
+            ports = [
+                docker.ContainerPortArgs(
+                    internal=args.metrics_port, external=args.metrics_port, ip=args.metrics_address
                 )
-            )
+            ]
 
         container = docker.Container(
-            f"{name}-container",
-            name=settings.container_name,
+            f"{name}-runner",
+            name=args.container_name,
             image=args.image,
             restart="unless-stopped",
             must_run=True,
             # SIGQUIT makes gitlab-runner stop taking jobs and finish the running ones.
             stop_signal="SIGQUIT",
-            stop_timeout=settings.stop_timeout,
-            destroy_grace_seconds=settings.stop_timeout,
-            network_mode=settings.network_mode,
-            mounts=mounts,
-            uploads=[
-                docker.ContainerUploadArgs(file=f"{CONFIG_DIR}/config.toml", content=config_toml, permissions="0600")
-            ],
-            healthcheck=health_check(metrics),
+            stop_timeout=args.stop_timeout,
+            # What the provider's delete waits before it kills: the same drain time.
+            destroy_grace_seconds=args.stop_timeout,
+            network_mode=args.network_mode,
+            volumes=volumes,
+            ports=ports,
+            healthcheck=health_check(args),
             capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
             security_opts=["no-new-privileges:true"],
             privileged=False,
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()],
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # The first config.toml is in the volume before the runner starts; later ones reach it
+                # without touching this container.
+                depends_on=[sync],
+                custom_timeouts=pulumi.CustomTimeouts(delete=f"{args.stop_timeout + DELETE_MARGIN_SECONDS}s"),
+            ),
         )
         self.container_name = container.name
         self.container_id = container.id
         self.volume_name = volume.name
         self.register_outputs(
             {"containerName": self.container_name, "containerId": self.container_id, "volumeName": self.volume_name}
+        )
+
+
+def _check_sync(code: int | None, container_name: str) -> None:
+    """A config sync that failed leaves the previous config.toml in place; `up` must say so."""
+    if code:
+        raise pulumi.RunError(
+            f"the config sync of {container_name} exited {code}: config.toml was not changed. "
+            f"`docker logs {container_name}-sync` says why (no token is printed there); once fixed, "
+            f"run `pulumi up` again with `--replace` on its `{container_name}-sync` container"
         )

@@ -2,31 +2,35 @@
 
 from __future__ import annotations
 
-import pulumi_docker as docker
+import pulumi
 import pulumi_gitlab as gitlab
 import pulumi_kubernetes as kubernetes
 
-from components.settings import DockerSettings, KubernetesSettings, Secrets, Settings
+from components.gitlab_access import checked_token
+from components.settings import KubernetesTarget, Secrets, Settings
 
 
 def gitlab_provider(settings: Settings, secrets: Secrets) -> gitlab.Provider | None:
-    """The GitLab API provider, or None when every runner brings its own token."""
+    """The GitLab API provider, or None when every runner brings its own token.
+
+    On `pulumi up` its token passes through the scope check first, so no runner is created with a token
+    that could not delete it again. A preview contacts no GitLab.
+    """
     if not settings.runners_to_create:
         return None
+    token = secrets.gitlab_token
+    if token is not None and not pulumi.runtime.is_dry_run():
+        token = pulumi.Output.secret(token.apply(lambda value: checked_token(settings.gitlab_url, value)))
     return gitlab.Provider(
         "gitlab",
         base_url=f"{settings.gitlab_url}/api/v4/",
-        token=secrets.gitlab_token,
+        token=token,
         # The token is checked when a runner is created, not on every preview.
         early_auth_check=False,
     )
 
 
-def docker_provider(docker_settings: DockerSettings) -> docker.Provider:
-    return docker.Provider("docker", host=docker_settings.host)
-
-
-def kubernetes_provider(kubernetes_settings: KubernetesSettings) -> kubernetes.Provider:
+def kubernetes_provider(kubernetes_settings: KubernetesTarget) -> kubernetes.Provider:
     """The cluster from the stack's kubeconfig/context (else the ambient kubeconfig)."""
     return kubernetes.Provider(
         "kubernetes",

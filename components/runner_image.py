@@ -1,4 +1,4 @@
-"""RunnerImage: the runner image, built by Pulumi from images/runner/Dockerfile."""
+"""RunnerImage: the runner image, built by Pulumi from images/runner/Dockerfile on one Docker host."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ class RunnerImageArgs:
     build: ImageBuild
     """Base image, runner version, flavour and extra packages."""
 
+    platform: str | None = None
+    """The platform to build for; None: the machine running pulumi's (the docker provider's default)."""
+
     context_dir: str = str(DOCKERFILE_DIR)
     """The build context holding the Dockerfile; no secret is ever part of it."""
 
@@ -28,7 +31,7 @@ class RunnerImageArgs:
 def build_args(build: ImageBuild) -> dict[str, str]:
     """The Dockerfile's build arguments: only public facts, never a token."""
     return {
-        "BASE_IMAGE": build.base_image,
+        "BASE_IMAGE": build.resolved_base_image,
         "RUNNER_VERSION": build.runner_version,
         "FLAVOR": build.flavor,
         "EXTRA_PACKAGES": " ".join(build.extra_packages),
@@ -37,10 +40,10 @@ def build_args(build: ImageBuild) -> dict[str, str]:
 
 
 class RunnerImage(pulumi.ComponentResource):
-    """A local runner image; it is not pushed anywhere."""
+    """A local runner image on one host; it is not pushed anywhere."""
 
     image_ref: pulumi.Output[str]
-    """The built image's ID (sha256:…), so a rebuilt image replaces the container using it."""
+    """The built image's ID (sha256:…), so a rebuilt image replaces the containers using it."""
 
     image_name: pulumi.Output[str]
     """The image's repository and tag."""
@@ -54,11 +57,12 @@ class RunnerImage(pulumi.ComponentResource):
                 context=args.context_dir,
                 dockerfile=str(Path(args.context_dir) / "Dockerfile"),
                 args=build_args(args.build),
-                platform="linux/amd64",
+                platform=args.platform,
             ),
             skip_push=True,
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.image_name = image.image_name
+        # With skip_push the provider answers the local image ID here.
         self.image_ref = image.repo_digest
         self.register_outputs({"imageName": self.image_name, "imageRef": self.image_ref})

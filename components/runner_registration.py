@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_gitlab as gitlab
 
-from components.settings import RunnerSpec
+from components.settings import Runner
 
 COMPONENT_TYPE = "gitlab-runners:index:RunnerRegistration"
 
 
 @dataclass(frozen=True)
 class RunnerRegistrationArgs:
-    runners: Sequence[RunnerSpec]
+    runners: Sequence[Runner]
     """The runners to register; each becomes a `gitlab.UserRunner` unless it has an existing token."""
 
     existing_tokens: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
@@ -48,9 +48,9 @@ class RunnerRegistration(pulumi.ComponentResource):
                 continue
             created = gitlab.UserRunner(
                 f"{name}-{runner.name}",
-                runner_type=runner.scope.runner_type,
-                group_id=runner.scope.group_id,
-                project_id=runner.scope.project_id,
+                runner_type=f"{runner.scope}_type",
+                group_id=runner.group_id,
+                project_id=runner.project_id,
                 description=runner.description,
                 tag_lists=list(runner.tags),
                 untagged=runner.run_untagged,

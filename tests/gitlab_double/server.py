@@ -1,13 +1,22 @@
-"""A GitLab API double: a small real HTTP server on 127.0.0.1 for tests. It is not GitLab.
+"""A GitLab API double: a small real HTTP(S) server on 127.0.0.1 for tests. It is not GitLab.
 
-It speaks the part of GitLab's REST API that the project relies on (shared/GITLAB-API.md): runner
-management as pulumi-gitlab's UserRunner uses it, and the runner <-> GitLab calls the gitlab-runner
-binary makes. Shapes follow gitlab-runner's common/network.go and GitLab's REST docs. It records
-every runner created and deleted, every token that verified or polled (with its system_id), every
-job handed out with its final state and trace, so tests can assert "the runner `pulumi up` created
-is the one that polled" and "after `pulumi destroy` no runner is left".
+It speaks the part of GitLab's REST API that the project relies on (shared/GITLAB-API.md), as strictly
+as GitLab does:
+- runner management as pulumi-gitlab's UserRunner uses it (`POST /user/runners`, `GET/PUT/DELETE
+  /runners/:id`), with the personal access token's scopes enforced: `create_runner` creates only;
+  reading, changing and deleting need `manage_runner` (GitLab 17.1+) or `api`, else 403
+  insufficient_scope;
+- the calls the gitlab-runner binary makes (verify, request a job, update it, append its trace, reset
+  the token, leave as a runner manager), with runner managers kept per system id and, when the
+  instance sets a runner-token lifetime, real `token_expires_at` values and tokens that stop working
+  at expiry or after a reset.
+Shapes follow gitlab-runner's common/network.go and network/gitlab.go and GitLab's REST docs. It records
+every runner created and deleted, every verify and poll (with the system id), every job handed out with
+its final state and trace, so tests can assert "the runner `pulumi up` created is the one that polled"
+and "after `pulumi destroy` no runner is left".
 
-It binds only to 127.0.0.1 and keeps everything in memory.
+It binds only to 127.0.0.1, optionally serves HTTPS with a certificate the test made, and keeps
+everything in memory.
 """
 
 from __future__ import annotations
@@ -16,11 +25,12 @@ import itertools
 import json
 import re
 import secrets
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -37,6 +47,37 @@ RUNNER_FIELDS = (
 )
 RUNNER_TYPES = ("instance_type", "group_type", "project_type")
 ACCESS_LEVELS = ("not_protected", "ref_protected")
+# Which token scopes allow which management call (GitLab 17.1+, MR !153285).
+CREATE_SCOPES = {"create_runner", "api"}
+MANAGE_SCOPES = {"manage_runner", "api"}
+USER_SCOPES = {"read_user", "read_api", "api"}
+
+Answer = tuple[int, Any, dict[str, str]]
+
+
+def _forbidden_scope(needed: set[str]) -> Answer:
+    """What GitLab's API guard answers a token without the scope a call needs."""
+    return (
+        HTTPStatus.FORBIDDEN,
+        {
+            "error": "insufficient_scope",
+            "error_description": "The request requires higher privileges than provided by the access token.",
+            "scope": " ".join(sorted(needed)),
+        },
+        {},
+    )
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+@dataclass
+class Manager:
+    """A runner manager: one process (system id) serving a runner."""
+
+    system_id: str
+    contacted_at: datetime
 
 
 @dataclass
@@ -45,17 +86,22 @@ class Runner:
     token: str
     runner_type: str
     attributes: dict[str, Any]
+    token_expires_at: datetime | None = None
     group_id: int | None = None
     project_id: int | None = None
+    managers: dict[str, Manager] = field(default_factory=dict)
+    revoked: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
+        contacted = max((m.contacted_at for m in self.managers.values()), default=None)
         body: dict[str, Any] = {
             "id": self.id,
             "runner_type": self.runner_type,
             "active": not self.attributes.get("paused", False),
             "is_shared": self.runner_type == "instance_type",
-            "online": False,
-            "status": "never_contacted",
+            "online": contacted is not None,
+            "status": "online" if contacted is not None else "never_contacted",
+            "contacted_at": iso(contacted),
             **self.attributes,
         }
         if self.group_id is not None:
@@ -76,6 +122,8 @@ class Job:
     state: str = "pending"
     exit_code: int | None = None
     failure_reason: str | None = None
+    runner_id: int | None = None
+    system_id: str | None = None
     trace: bytearray = field(default_factory=bytearray)
 
     def payload(self, base_url: str) -> dict[str, Any]:
@@ -126,20 +174,30 @@ class Poll:
     token: str
     system_id: str | None
     at: datetime
+    runner_id: int | None = None
 
 
 class GitLabDouble:
     """The double's state and behaviour; `serve()` puts it on 127.0.0.1."""
 
-    def __init__(self, api_token: str) -> None:
-        self.api_token = api_token
+    def __init__(
+        self,
+        api_token: str,
+        scopes: tuple[str, ...] = ("api",),
+        token_lifetime: timedelta | None = None,
+    ) -> None:
+        self.api_tokens: dict[str, set[str]] = {api_token: set(scopes)}
+        self.token_lifetime = token_lifetime
+        """The instance's runner-token lifetime; None: tokens never expire (GitLab's default)."""
         self.lock = threading.Lock()
         self.runners: dict[int, Runner] = {}
         self.created: list[int] = []
         self.deleted: list[int] = []
         self.verified: list[Poll] = []
         self.polls: list[Poll] = []
+        self.resets: list[Poll] = []
         self.managers_removed: list[Poll] = []
+        self.refused: list[tuple[str, str, int]] = []
         self.jobs: dict[int, Job] = {}
         self.queue: list[Job] = []
         self._ids = itertools.count(1)
@@ -148,16 +206,33 @@ class GitLabDouble:
 
     # -- what tests call ---------------------------------------------------------------------
 
-    def enqueue_job(self, runner_token: str, script: list[str], variables: dict[str, str] | None = None) -> Job:
-        """A job for the runner holding `runner_token`; GIT_STRATEGY=none needs no repository."""
+    def add_api_token(self, token: str, scopes: tuple[str, ...]) -> None:
+        with self.lock:
+            self.api_tokens[token] = set(scopes)
+
+    def create_runner(self, runner_type: str = "instance_type", **attributes: Any) -> Runner:
+        """A runner created outside the stack (in GitLab's UI, say); its token is what a user copies."""
+        with self.lock:
+            status, answer, _ = self._create_runner({"runner_type": runner_type, **attributes})
+            if status != HTTPStatus.CREATED:
+                raise ValueError(answer)
+            return self.runners[answer["id"]]
+
+    def enqueue_job(
+        self, runner_token: str, script: list[str], variables: dict[str, str] | None = None, timeout: int = 3600
+    ) -> Job:
+        """A job for the runner holding `runner_token` now (it follows the runner through token resets)."""
         with self.lock:
             job = Job(
                 id=next(self._job_ids),
-                token=f"job-{secrets.token_hex(8)}",
+                token=f"glcbt-{secrets.token_hex(8)}",
                 runner_token=runner_token,
                 script=script,
                 variables={"GIT_STRATEGY": "none", **(variables or {})},
+                timeout=timeout,
             )
+            runner = self._runner_by_token(runner_token)
+            job.runner_id = runner.id if runner else None
             self.jobs[job.id] = job
             self.queue.append(job)
             return job
@@ -166,57 +241,108 @@ class GitLabDouble:
         with self.lock:
             return {p.token for p in self.polls}
 
+    def runner_ids_that_polled(self) -> set[int]:
+        with self.lock:
+            return {p.runner_id for p in self.polls if p.runner_id is not None}
+
+    def first_poll(self, token: str) -> datetime | None:
+        with self.lock:
+            return next((p.at for p in self.polls if p.token == token), None)
+
+    def expire_now(self, runner: Runner) -> None:
+        with self.lock:
+            runner.token_expires_at = datetime.now(UTC) - timedelta(seconds=1)
+
     # -- the API -------------------------------------------------------------------------------
 
-    def _runner_by_token(self, token: str | None) -> Runner | None:
-        return next((r for r in self.runners.values() if r.token == token), None)
+    def _now(self) -> datetime:
+        return datetime.now(UTC)
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, dict[str, str]]:
-        """One request -> (status, JSON body or bytes or None, extra headers)."""
+    def _runner_by_token(self, token: Any) -> Runner | None:
+        if not isinstance(token, str):
+            return None
+        runner = next((r for r in self.runners.values() if r.token == token), None)
+        if runner is not None and runner.token_expires_at is not None and runner.token_expires_at <= self._now():
+            return None
+        return runner
+
+    def _expiry(self) -> datetime | None:
+        return None if self.token_lifetime is None else self._now() + self.token_lifetime
+
+    def _api_scopes(self, headers: dict[str, str]) -> set[str] | None:
+        token = headers.get("private-token")
+        if token is None and headers.get("authorization", "").startswith("Bearer "):
+            token = headers["authorization"][len("Bearer ") :]
+        return self.api_tokens.get(token or "")
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
+        """One request -> (status, JSON body or None, extra headers)."""
         route = path.split("?", 1)[0].rstrip("/")
         data: dict[str, Any] = {}
         if body and headers.get("content-type", "").startswith("application/json"):
             try:
-                data = json.loads(body)
+                loaded = json.loads(body)
             except ValueError:
                 return HTTPStatus.BAD_REQUEST, {"message": "400 Bad request - invalid JSON"}, {}
+            if not isinstance(loaded, dict):
+                return HTTPStatus.BAD_REQUEST, {"message": "400 Bad request - JSON object expected"}, {}
+            data = loaded
         with self.lock:
-            if route.startswith("/api/v4/jobs/") and route.endswith("/trace") and method == "PATCH":
-                return self._patch_trace(route, headers, body)
-            if route in ("/api/v4/runners/verify",) and method == "POST":
-                return self._verify(data)
-            if route == "/api/v4/jobs/request" and method == "POST":
-                return self._request_job(data)
-            if re.fullmatch(r"/api/v4/jobs/\d+", route) and method == "PUT":
-                return self._update_job(route, data)
-            if route == "/api/v4/runners/managers" and method == "DELETE":
-                return self._remove_manager(data)
-            if route == "/api/v4/runners/reset_authentication_token" and method == "POST":
-                return self._reset_token(data)
-            # Everything else is the management API: it needs the API token.
-            if headers.get("private-token") != self.api_token:
-                return HTTPStatus.UNAUTHORIZED, {"message": "401 Unauthorized"}, {}
-            if route == "/api/v4/user" and method == "GET":
-                return HTTPStatus.OK, {"id": 1, "username": "double", "is_admin": True}, {}
-            if route == "/api/v4/user/runners" and method == "POST":
-                return self._create_runner(data)
-            match = re.fullmatch(r"/api/v4/runners/(\d+)", route)
-            if match:
-                runner = self.runners.get(int(match.group(1)))
-                if runner is None:
-                    return HTTPStatus.NOT_FOUND, {"message": "404 Not found"}, {}
-                if method == "GET":
-                    return HTTPStatus.OK, runner.as_json(), {}
-                if method == "PUT":
-                    problem = self._apply(runner.attributes, data)
-                    if problem:
-                        return HTTPStatus.BAD_REQUEST, {"message": problem}, {}
-                    return HTTPStatus.OK, runner.as_json(), {}
-                if method == "DELETE":
-                    del self.runners[runner.id]
-                    self.deleted.append(runner.id)
-                    return HTTPStatus.NO_CONTENT, None, {}
-        return HTTPStatus.NOT_FOUND, {"message": "404 Not found"}, {}
+            answer = self._route(method, route, headers, data, body)
+            if answer[0] >= 400:
+                self.refused.append((method, route, int(answer[0])))
+            return answer
+
+    def _route(self, method: str, route: str, headers: dict[str, str], data: dict[str, Any], body: bytes) -> Answer:
+        if route.startswith("/api/v4/jobs/") and route.endswith("/trace") and method == "PATCH":
+            return self._patch_trace(route, headers, body)
+        if route == "/api/v4/runners/verify" and method == "POST":
+            return self._verify(data)
+        if route == "/api/v4/jobs/request" and method == "POST":
+            return self._request_job(data)
+        if re.fullmatch(r"/api/v4/jobs/\d+", route) and method == "PUT":
+            return self._update_job(route, data)
+        if route == "/api/v4/runners/managers" and method == "DELETE":
+            return self._remove_manager(data)
+        if route == "/api/v4/runners/reset_authentication_token" and method == "POST":
+            return self._reset_token(data)
+        # Everything else is the management API: it needs a personal (or group/project) access token.
+        scopes = self._api_scopes(headers)
+        if scopes is None:
+            return HTTPStatus.UNAUTHORIZED, {"message": "401 Unauthorized"}, {}
+        if route == "/api/v4/personal_access_tokens/self" and method == "GET":
+            # Any valid token may read itself.
+            return (
+                HTTPStatus.OK,
+                {"id": 1, "name": "double", "scopes": sorted(scopes), "active": True, "revoked": False},
+                {},
+            )
+        if route == "/api/v4/user" and method == "GET":
+            if not scopes & USER_SCOPES:
+                return _forbidden_scope(USER_SCOPES)
+            return HTTPStatus.OK, {"id": 1, "username": "double", "is_admin": True}, {}
+        if route == "/api/v4/user/runners" and method == "POST":
+            if not scopes & CREATE_SCOPES:
+                return _forbidden_scope(CREATE_SCOPES)
+            return self._create_runner(data)
+        match = re.fullmatch(r"/api/v4/runners/(\d+)", route)
+        if match and method in ("GET", "PUT", "DELETE"):
+            if not scopes & MANAGE_SCOPES:
+                return _forbidden_scope(MANAGE_SCOPES)
+            runner = self.runners.get(int(match.group(1)))
+            if runner is None:
+                return HTTPStatus.NOT_FOUND, {"message": "404 Runner Not Found"}, {}
+            if method == "GET":
+                return HTTPStatus.OK, runner.as_json(), {}
+            if method == "PUT":
+                problem = self._apply(runner.attributes, data)
+                if problem:
+                    return HTTPStatus.BAD_REQUEST, {"message": problem}, {}
+                return HTTPStatus.OK, runner.as_json(), {}
+            del self.runners[runner.id]
+            self.deleted.append(runner.id)
+            return HTTPStatus.NO_CONTENT, None, {}
+        return HTTPStatus.NOT_FOUND, {"message": "404 Not Found"}, {}
 
     @staticmethod
     def _apply(attributes: dict[str, Any], data: dict[str, Any]) -> str | None:
@@ -228,12 +354,15 @@ class GitLabDouble:
                 value = [t.strip() for t in value.split(",") if t.strip()]
             if key == "access_level" and value not in ACCESS_LEVELS:
                 return "access_level does not have a valid value"
-            if key == "maximum_timeout" and value is not None and int(value) < 600:
-                return "maximum_timeout needs to be at least 10 minutes"
+            if key == "maximum_timeout" and value is not None:
+                if not isinstance(value, int) or isinstance(value, bool) or value < 600:
+                    return "maximum_timeout needs to be at least 10 minutes"
+            if key in ("paused", "locked", "run_untagged") and not isinstance(value, bool):
+                return f"{key} is invalid"
             attributes[key] = value
         return None
 
-    def _create_runner(self, data: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+    def _create_runner(self, data: dict[str, Any]) -> Answer:
         runner_type = data.get("runner_type")
         if runner_type not in RUNNER_TYPES:
             return HTTPStatus.BAD_REQUEST, {"message": "runner_type does not have a valid value"}, {}
@@ -256,55 +385,74 @@ class GitLabDouble:
             return HTTPStatus.BAD_REQUEST, {"message": problem}, {}
         runner = Runner(
             id=next(self._ids),
-            token=f"glrt-{secrets.token_urlsafe(15)}",
-            runner_type=runner_type,
+            token=f"glrt-t1_{secrets.token_urlsafe(15)}",
+            runner_type=str(runner_type),
             attributes=attributes,
+            token_expires_at=self._expiry(),
             group_id=data.get("group_id"),
             project_id=data.get("project_id"),
         )
         self.runners[runner.id] = runner
         self.created.append(runner.id)
-        return HTTPStatus.CREATED, {"id": runner.id, "token": runner.token, "token_expires_at": None}, {}
+        return (
+            HTTPStatus.CREATED,
+            {"id": runner.id, "token": runner.token, "token_expires_at": iso(runner.token_expires_at)},
+            {},
+        )
 
-    def _verify(self, data: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+    def _contact(self, runner: Runner, system_id: Any) -> None:
+        if isinstance(system_id, str) and system_id:
+            runner.managers[system_id] = Manager(system_id, self._now())
+
+    def _verify(self, data: dict[str, Any]) -> Answer:
         runner = self._runner_by_token(data.get("token"))
         if runner is None:
             return HTTPStatus.FORBIDDEN, {"message": "403 Forbidden"}, {}
-        self.verified.append(Poll(runner.token, data.get("system_id"), datetime.now(UTC)))
-        return HTTPStatus.OK, {"id": runner.id, "token": runner.token, "token_expires_at": None}, {}
+        self._contact(runner, data.get("system_id"))
+        self.verified.append(Poll(runner.token, data.get("system_id"), self._now(), runner.id))
+        return (
+            HTTPStatus.OK,
+            {"id": runner.id, "token": runner.token, "token_expires_at": iso(runner.token_expires_at)},
+            {},
+        )
 
-    def _request_job(self, data: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+    def _request_job(self, data: dict[str, Any]) -> Answer:
+        if not isinstance(data.get("info"), dict):
+            return HTTPStatus.BAD_REQUEST, {"message": "400 Bad request - info is missing"}, {}
         runner = self._runner_by_token(data.get("token"))
         if runner is None:
             return HTTPStatus.FORBIDDEN, {"message": "403 Forbidden"}, {}
-        self.polls.append(Poll(runner.token, data.get("system_id"), datetime.now(UTC)))
+        self._contact(runner, data.get("system_id"))
+        self.polls.append(Poll(runner.token, data.get("system_id"), self._now(), runner.id))
         last_update = {"X-GitLab-Last-Update": secrets.token_hex(8)}
         if runner.attributes.get("paused"):
             return HTTPStatus.NO_CONTENT, None, last_update
         for job in self.queue:
-            if job.runner_token == runner.token:
+            if job.runner_id == runner.id:
                 self.queue.remove(job)
                 job.state = "running"
+                job.system_id = data.get("system_id")
                 return HTTPStatus.CREATED, job.payload(self.base_url), {}
         return HTTPStatus.NO_CONTENT, None, last_update
 
-    def _job_for(self, route: str, token: str | None) -> Job | None:
-        job_id = int(route.split("/")[4])
-        job = self.jobs.get(job_id)
+    def _job_for(self, route: str, token: Any) -> Job | None:
+        job = self.jobs.get(int(route.split("/")[4]))
         return job if job is not None and job.token == token else None
 
-    def _update_job(self, route: str, data: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+    def _update_job(self, route: str, data: dict[str, Any]) -> Answer:
         job = self._job_for(route, data.get("token"))
         if job is None:
             return HTTPStatus.FORBIDDEN, {"message": "403 Forbidden"}, {}
         state = data.get("state")
+        if state not in (None, "running", "success", "failed"):
+            return HTTPStatus.BAD_REQUEST, {"message": "state does not have a valid value"}, {}
         if state:
             job.state = str(state)
         job.exit_code = data.get("exit_code")
-        job.failure_reason = data.get("failure_reason")
+        job.failure_reason = data.get("failure_reason") or None
         return HTTPStatus.OK, {}, {"Job-Status": job.state}
 
-    def _patch_trace(self, route: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, dict[str, str]]:
+    def _patch_trace(self, route: str, headers: dict[str, str], body: bytes) -> Answer:
         job = self._job_for(route, headers.get("job-token"))
         if job is None:
             return HTTPStatus.FORBIDDEN, {"message": "403 Forbidden"}, {}
@@ -316,19 +464,26 @@ class GitLabDouble:
         job.trace.extend(body)
         return HTTPStatus.ACCEPTED, None, {"Range": f"0-{len(job.trace)}", "Job-Status": job.state}
 
-    def _remove_manager(self, data: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+    def _remove_manager(self, data: dict[str, Any]) -> Answer:
         runner = self._runner_by_token(data.get("token"))
         if runner is None:
             return HTTPStatus.FORBIDDEN, {"message": "403 Forbidden"}, {}
-        self.managers_removed.append(Poll(runner.token, data.get("system_id"), datetime.now(UTC)))
+        system_id = data.get("system_id")
+        if not isinstance(system_id, str) or system_id not in runner.managers:
+            return HTTPStatus.NOT_FOUND, {"message": "404 Runner Manager Not Found"}, {}
+        del runner.managers[system_id]
+        self.managers_removed.append(Poll(runner.token, system_id, self._now(), runner.id))
         return HTTPStatus.NO_CONTENT, None, {}
 
-    def _reset_token(self, data: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+    def _reset_token(self, data: dict[str, Any]) -> Answer:
         runner = self._runner_by_token(data.get("token"))
         if runner is None:
             return HTTPStatus.FORBIDDEN, {"message": "403 Forbidden"}, {}
-        runner.token = f"glrt-{secrets.token_urlsafe(15)}"
-        return HTTPStatus.CREATED, {"token": runner.token, "token_expires_at": None}, {}
+        self.resets.append(Poll(runner.token, None, self._now(), runner.id))
+        runner.revoked.append(runner.token)
+        runner.token = f"glrt-t1_{secrets.token_urlsafe(15)}"
+        runner.token_expires_at = self._expiry()
+        return HTTPStatus.CREATED, {"token": runner.token, "token_expires_at": iso(runner.token_expires_at)}, {}
 
 
 def _handler(double: GitLabDouble) -> type[BaseHTTPRequestHandler]:
@@ -359,11 +514,23 @@ def _handler(double: GitLabDouble) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def serve(api_token: str) -> Iterator[GitLabDouble]:
-    """Run a double on a free 127.0.0.1 port for the duration of the block."""
-    double = GitLabDouble(api_token)
+def serve(
+    api_token: str,
+    scopes: tuple[str, ...] = ("api",),
+    token_lifetime: timedelta | None = None,
+    tls: tuple[str, str] | None = None,
+) -> Iterator[GitLabDouble]:
+    """Run a double on a free 127.0.0.1 port for the duration of the block; HTTPS with `tls`
+    (certificate file, key file)."""
+    double = GitLabDouble(api_token, scopes, token_lifetime)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(double))
-    double.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    scheme = "http"
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    double.base_url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -29,16 +29,25 @@ def main() -> None:
     install(mocks, stack=request["stack"], preview=request.get("preview", False))
     pulumi.runtime.set_all_config(request["config"], request.get("secret_keys", []))
     exports: dict[str, Any] = {}
+    result: dict[str, Any] = {"error": None}
 
     def export(name: str, value: Any) -> None:
         exports[name] = value
 
     pulumi.export = export
 
+    # No network from unit tests: GitLab's answer about the API token's scopes comes from the request.
+    from components import gitlab_access
+
+    def token_info(url: str, token: str, timeout: float = 10) -> gitlab_access.TokenInfo:
+        result.setdefault("scope_checks", []).append(url)
+        return gitlab_access.TokenInfo(200, frozenset(request.get("token_scopes", ["api"])))
+
+    gitlab_access.fetch_token_info = token_info  # type: ignore[assignment]
+
     def run_main() -> None:
         runpy.run_path(str(program / "__main__.py"), run_name="__main__")
 
-    result: dict[str, Any] = {"error": None}
     try:
         _sync_await(run_pulumi_func(run_main))
     except pulumi.RunError as error:
@@ -46,10 +55,14 @@ def main() -> None:
     resolved = {}
     for name, value in exports.items():
         output = pulumi.Output.from_input(value)
-        resolved[name] = {
-            "value": _sync_await(output.future()),
-            "secret": _sync_await(output.is_secret()),
-        }
+        try:
+            resolved[name] = {
+                "value": _sync_await(output.future()),
+                "secret": _sync_await(output.is_secret()),
+            }
+        except pulumi.RunError as error:
+            # An output that failed (the program's own error, raised inside an apply).
+            result["error"] = result["error"] or str(error)
     result["resources"] = [asdict(r) for r in mocks.resources]
     result["exports"] = resolved
     print(json.dumps(result, default=str))

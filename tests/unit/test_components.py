@@ -7,13 +7,15 @@ from typing import Any
 
 import pulumi
 
-from components.docker_runner import DockerRunner, DockerRunnerArgs
-from components.kubernetes_runner import KubernetesRunner, KubernetesRunnerArgs
+from components.docker_host import DockerHost, DockerHostArgs
+from components.kubernetes_runner import TOKEN_FINGERPRINT, KubernetesRunner, KubernetesRunnerArgs, token_fingerprint
 from components.runner_image import RunnerImage, RunnerImageArgs
 from components.runner_registration import RunnerRegistration, RunnerRegistrationArgs
 from components.settings import Settings, parse_settings
 from tests.unit.helpers import resolve, run
 from tests.unit.mocks import RecordingMocks
+
+RELEASE = "kubernetes:helm.sh/v3:Release"
 
 
 def settings(target: str, **values: Any) -> Settings:
@@ -89,72 +91,126 @@ def test_runner_image_build(mocks: RecordingMocks) -> None:
     assert resolve(image.image_ref).value.startswith("sha256:")
 
 
-def _docker_runner(mocks: RecordingMocks, runners: list[dict[str, Any]], **docker: Any) -> Any:
+def _docker_host(mocks: RecordingMocks, runners: list[dict[str, Any]], **docker: Any) -> Any:
     s = settings("docker", runners=runners, docker=docker)
-    docker_settings = s.docker
-    assert docker_settings is not None
-    # A token handed in as a plain Output: the component must still upload config.toml as a secret.
+    target = s.docker
+    assert target is not None
+    # Tokens handed in as plain Outputs: the component must still upload config.toml as a secret.
     tokens = {r.name: pulumi.Output.from_input(f"glrt-{r.name}-unit") for r in s.runners}
-    run(
-        lambda: DockerRunner(
-            "dr",
-            DockerRunnerArgs(
-                settings=docker_settings,
+    return run(
+        lambda: DockerHost(
+            "host",
+            DockerHostArgs(
+                host=target.hosts[0],
+                target=target,
                 runners=s.runners,
-                image="sha256:abc",
                 global_=s.global_,
                 gitlab_url="https://gl.example",
                 tokens=tokens,
             ),
         )
     )
-    return mocks.one("docker:index/container:Container")
 
 
-def test_docker_runner_container(mocks: RecordingMocks) -> None:
-    container = _docker_runner(mocks, [{"name": "d", "executor": "docker"}])
-    volume = mocks.one("docker:index/volume:Volume")
-    inputs = container.inputs
-    assert inputs["restart"] == "unless-stopped"
-    assert inputs["stopSignal"] == "SIGQUIT" and inputs["stopTimeout"] == 3600
-    assert inputs["privileged"] is False
-    assert {
-        "target": "/etc/gitlab-runner",
-        "type": "volume",
-        "readOnly": False,
-        "source": volume.inputs["name"],
-    } in inputs["mounts"]
-    assert any(m["target"] == "/var/run/docker.sock" for m in inputs["mounts"])
-    assert inputs["healthcheck"]["tests"] == ["CMD", "gitlab-runner", "list"]
-    assert container.secret_inputs, "config.toml must travel as a secret"
-    (upload,) = inputs["uploads"]
-    assert upload["file"] == "/etc/gitlab-runner/config.toml" and upload["permissions"] == "0600"
-    config = tomllib.loads(upload["content"])
+def _containers(mocks: RecordingMocks) -> dict[str, Any]:
+    return {c.inputs["name"]: c for c in mocks.by_type("docker:index/container:Container")}
+
+
+def test_docker_runner_container_never_carries_the_config(mocks: RecordingMocks) -> None:
+    _docker_host(mocks, [{"name": "d", "executor": "docker"}])
+    containers = _containers(mocks)
+    assert set(containers) == {"gitlab-runner-unit-docker", "gitlab-runner-unit-docker-sync"}
+    runner = containers["gitlab-runner-unit-docker"].inputs
+    assert runner["restart"] == "unless-stopped"
+    assert runner["stopSignal"] == "SIGQUIT" and runner["stopTimeout"] == 3600
+    assert runner["destroyGraceSeconds"] == 3600
+    assert runner["privileged"] is False
+    # Nothing that changes with the settings: config.toml reaches the volume through the sync container.
+    assert "uploads" not in runner and "envs" not in runner and "command" not in runner
+    assert {"volumeName": "gitlab-runner-unit-docker-config", "containerPath": "/etc/gitlab-runner"} in runner[
+        "volumes"
+    ]
+    assert {"hostPath": "/var/run/docker.sock", "containerPath": "/var/run/docker.sock"} in runner["volumes"]
+    # The health check reads the metrics on 127.0.0.1, never `gitlab-runner list` (it prints tokens).
+    test = runner["healthcheck"]["tests"]
+    assert test[0] == "CMD-SHELL" and "127.0.0.1:9252/metrics" in test[1] and "list" not in test[1].split()
+    assert containers["gitlab-runner-unit-docker"].secret_inputs == []
+
+
+def test_the_sync_container_carries_config_toml_as_a_secret(mocks: RecordingMocks) -> None:
+    _docker_host(mocks, [{"name": "d", "executor": "docker"}])
+    sync = _containers(mocks)["gitlab-runner-unit-docker-sync"]
+    inputs = sync.inputs
+    assert inputs["attach"] is True and inputs["mustRun"] is False and inputs["logs"] is False
+    assert inputs["rm"] is False
+    assert inputs["entrypoints"] == ["/bin/sh", "/gitlab-runners/sync-config"]
+    assert any(p.startswith("uploads") for p in sync.secret_inputs), "config.toml must travel as a secret"
+    staged = next(u for u in inputs["uploads"] if u["file"] == "/gitlab-runners/config.toml")
+    assert staged["permissions"] == "0600"
+    config = tomllib.loads(staged["content"])
     assert config["runners"][0]["token"] == "glrt-d-unit" and config["runners"][0]["url"] == "https://gl.example"
+    assert config["listen_address"] == "127.0.0.1:9252"
 
 
-def test_shell_only_runner_gets_no_docker_socket(mocks: RecordingMocks) -> None:
-    container = _docker_runner(mocks, [{"name": "s", "executor": "shell"}])
-    assert [m["target"] for m in container.inputs["mounts"]] == ["/etc/gitlab-runner"]
+def test_shell_runners_get_a_container_of_their_own_without_the_socket(mocks: RecordingMocks) -> None:
+    _docker_host(mocks, [{"name": "d", "executor": "docker", "limit": 2}, {"name": "s", "executor": "shell"}])
+    containers = _containers(mocks)
+    shell = containers["gitlab-runner-unit-shell"].inputs
+    assert [v["containerPath"] for v in shell["volumes"]] == ["/etc/gitlab-runner"]
+    docker_sync = containers["gitlab-runner-unit-docker-sync"].inputs
+    shell_sync = containers["gitlab-runner-unit-shell-sync"].inputs
+    docker_config = tomllib.loads(next(u["content"] for u in docker_sync["uploads"] if u["file"].endswith(".toml")))
+    shell_config = tomllib.loads(next(u["content"] for u in shell_sync["uploads"] if u["file"].endswith(".toml")))
+    assert [r["name"] for r in docker_config["runners"]] == ["d"]
+    assert [r["name"] for r in shell_config["runners"]] == ["s"]
+    # Each manager's concurrency is its own runners' limits; each has a metrics port of its own.
+    assert (docker_config["concurrent"], shell_config["concurrent"]) == (2, 1)
+    assert (docker_config["listen_address"], shell_config["listen_address"]) == ("127.0.0.1:9252", "127.0.0.1:9253")
 
 
 def test_rootless_socket_is_the_one_mounted(mocks: RecordingMocks) -> None:
-    container = _docker_runner(mocks, [{"name": "d"}], host="unix:///run/user/1000/docker.sock", networkMode="host")
-    sock = next(m for m in container.inputs["mounts"] if m["target"] == "/var/run/docker.sock")
-    assert sock["source"] == "/run/user/1000/docker.sock"
-    assert container.inputs["networkMode"] == "host"
+    _docker_host(mocks, [{"name": "d"}], hosts=[{"host": "unix:///run/user/1000/docker.sock", "networkMode": "host"}])
+    runner = _containers(mocks)["gitlab-runner-unit-docker"].inputs
+    sock = next(v for v in runner["volumes"] if v["containerPath"] == "/var/run/docker.sock")
+    assert sock["hostPath"] == "/run/user/1000/docker.sock"
+    assert runner["networkMode"] == "host"
 
 
-def test_kubernetes_runner(mocks: RecordingMocks) -> None:
-    s = settings(
-        "kubernetes",
-        runners=[{"name": "k1", "limit": 4}, {"name": "k2"}],
-        kubernetes={"namespace": "ci-runners", "replicas": 2},
+def test_published_metrics(mocks: RecordingMocks) -> None:
+    s = settings("docker", runners=[{"name": "d"}], metrics={"enabled": True, "port": 9400})
+    assert s.docker is not None
+    run(
+        lambda: DockerHost(
+            "host",
+            DockerHostArgs(
+                host=s.docker.hosts[0],  # type: ignore[union-attr]
+                target=s.docker,  # type: ignore[arg-type]
+                runners=s.runners,
+                global_=s.global_,
+                gitlab_url="https://gl",
+                tokens={"d": pulumi.Output.secret("glrt-d")},
+            ),
+        )
     )
+    runner = _containers(mocks)["gitlab-runner-unit-docker"].inputs
+    assert runner["ports"] == [{"internal": 9400, "external": 9400, "ip": "127.0.0.1"}]
+
+
+def test_the_host_has_its_own_provider(mocks: RecordingMocks) -> None:
+    _docker_host(mocks, [{"name": "d"}], hosts=[{"name": "build-1", "host": "ssh://ci@build-1.example.com"}])
+    provider = mocks.one("pulumi:providers:docker")
+    assert provider.inputs["host"] == "ssh://ci@build-1.example.com"
+    for resource in mocks.resources:
+        if resource.typ.startswith("docker:"):
+            assert resource.provider and "pulumi:providers:docker" in resource.provider, resource.name
+
+
+def _kubernetes(mocks: RecordingMocks, **kubernetes: Any) -> Any:
+    s = settings("kubernetes", runners=[{"name": "k1", "limit": 4}, {"name": "k2"}], kubernetes=kubernetes)
     kube = s.kubernetes
     assert kube is not None
     tokens = {"k1": pulumi.Output.secret("glrt-k1"), "k2": pulumi.Output.secret("glrt-k2")}
-    component = run(
+    return run(
         lambda: KubernetesRunner(
             "kr",
             KubernetesRunnerArgs(
@@ -162,8 +218,10 @@ def test_kubernetes_runner(mocks: RecordingMocks) -> None:
             ),
         )
     )
-    namespace = mocks.one("kubernetes:core/v1:Namespace")
-    assert namespace.inputs["metadata"]["name"] == "ci-runners"
+
+
+def test_kubernetes_runner(mocks: RecordingMocks) -> None:
+    component = _kubernetes(mocks, namespace="ci-runners", replicas=2)
     secrets = mocks.by_type("kubernetes:core/v1:Secret")
     assert len(secrets) == 2
     secret = next(x for x in secrets if x.name == "kr-k1-token")
@@ -178,14 +236,69 @@ def test_kubernetes_runner(mocks: RecordingMocks) -> None:
     assert inputs["repositoryOpts"]["repo"] == "https://charts.gitlab.io"
     assert inputs["namespace"] == "ci-runners"
     values = inputs["values"]
-    assert values["gitlabUrl"] == "https://gl" and values["replicas"] == 2 and values["concurrent"] == 4
+    assert values["gitlabUrl"] == "https://gl" and values["replicas"] == 2
     assert values["runners"]["secret"] == secret.inputs["metadata"]["name"]
     assert values["securityContext"]["runAsNonRoot"] is True
     assert values["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert values["resources"]["limits"] and values["resources"]["requests"]
-    assert values["rbac"] == {"create": True, "clusterWideAccess": False}
+    assert "unregisterRunners" not in values  # the chart's default: a leaving pod removes its runner manager
     assert "glrt-k1" not in str(values)
     template = tomllib.loads(values["runners"]["config"])["runners"][0]
     assert template["executor"] == "kubernetes" and template["kubernetes"]["namespace"] == "ci-runners"
+    # The runner must not rotate a token the Secret keeps: the stack owns it on Kubernetes.
+    assert template["feature_flags"] == {"FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True}
     assert release.secret_inputs == []  # nothing secret in the values: the token lives in the Secret
     assert resolve(component.namespace).value == "ci-runners"
+
+
+def test_concurrency_is_per_manager_pod(mocks: RecordingMocks) -> None:
+    _kubernetes(mocks, replicas=3)
+    values = {r.name: r.inputs["values"] for r in mocks.by_type("kubernetes:helm.sh/v3:Release")}
+    # k1 (limit 4): 4 jobs per pod, 12 across its 3 pods; k2 (no limit): one per pod, not the others' sum.
+    assert (values["kr-k1"]["concurrent"], values["kr-k2"]["concurrent"]) == (4, 1)
+
+
+def test_a_token_change_rolls_the_pods_without_revealing_the_token(mocks: RecordingMocks) -> None:
+    _kubernetes(mocks)
+    first = {r.name: r.inputs["values"]["podAnnotations"][TOKEN_FINGERPRINT] for r in mocks.by_type(RELEASE)}
+    assert first["kr-k1"] == token_fingerprint("glrt-k1") != first["kr-k2"]
+    assert "glrt-k1" not in first["kr-k1"]
+    mocks.resources.clear()
+    s = settings("kubernetes", runners=[{"name": "k1"}])
+    assert s.kubernetes is not None
+    run(
+        lambda: KubernetesRunner(
+            "kr",
+            KubernetesRunnerArgs(
+                settings=s.kubernetes,  # type: ignore[arg-type]
+                global_=s.global_,
+                gitlab_url="https://gl",
+                runners=s.runners,
+                tokens={"k1": pulumi.Output.secret("glrt-k1-rotated")},
+            ),
+        )
+    )
+    (release,) = mocks.by_type(RELEASE)
+    assert release.inputs["values"]["podAnnotations"][TOKEN_FINGERPRINT] != first["kr-k1"]
+    assert release.secret_inputs == []
+
+
+def test_minimal_rbac_rules_never_a_wildcard(mocks: RecordingMocks) -> None:
+    _kubernetes(mocks)
+    rbac = mocks.by_type(RELEASE)[0].inputs["values"]["rbac"]
+    assert rbac["create"] is True and rbac["rules"]
+    for rule in rbac["rules"]:
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
+    assert {r for rule in rbac["rules"] for r in rule["resources"]} >= {"pods", "pods/exec", "secrets"}
+
+
+def test_existing_namespace_is_read_not_managed(mocks: RecordingMocks) -> None:
+    _kubernetes(mocks, namespace="ci-runners")
+    (namespace,) = mocks.by_type("kubernetes:core/v1:Namespace")
+    assert namespace.inputs == {}  # a read: Namespace.get, nothing the stack would delete
+
+
+def test_namespace_created_when_asked(mocks: RecordingMocks) -> None:
+    _kubernetes(mocks, namespace="ci-runners", createNamespace=True)
+    (namespace,) = mocks.by_type("kubernetes:core/v1:Namespace")
+    assert namespace.inputs["metadata"]["name"] == "ci-runners"

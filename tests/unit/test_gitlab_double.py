@@ -152,9 +152,13 @@ def test_a_job_is_handed_out_traced_and_finished(gitlab: GitLabDouble) -> None:
 def test_paused_runner_gets_no_job_and_managers_leave(gitlab: GitLabDouble) -> None:
     token = create(gitlab, paused=True)["token"]
     gitlab.enqueue_job(token, ["true"])
-    assert call(gitlab, "POST", "/api/v4/jobs/request", {"token": token, "info": {}})[0] == 204
+    poll = {"token": token, "system_id": "s_9", "info": {}}
+    assert call(gitlab, "POST", "/api/v4/jobs/request", poll)[0] == 204
+    runner = next(iter(gitlab.runners.values()))
+    assert set(runner.managers) == {"s_9"}  # a runner manager per system id that contacted GitLab
+    assert call(gitlab, "DELETE", "/api/v4/runners/managers", {"token": token, "system_id": "s_other"})[0] == 404
     assert call(gitlab, "DELETE", "/api/v4/runners/managers", {"token": token, "system_id": "s_9"})[0] == 204
-    assert [m.system_id for m in gitlab.managers_removed] == ["s_9"]
+    assert [m.system_id for m in gitlab.managers_removed] == ["s_9"] and runner.managers == {}
 
 
 def test_token_rotation(gitlab: GitLabDouble) -> None:
@@ -162,3 +166,57 @@ def test_token_rotation(gitlab: GitLabDouble) -> None:
     status, answer, _ = call(gitlab, "POST", "/api/v4/runners/reset_authentication_token", {"token": token})
     assert status == 201 and answer["token"] != token and answer["token"].startswith("glrt-")
     assert call(gitlab, "POST", "/api/v4/runners/verify", {"token": token})[0] == 403
+
+
+def test_create_runner_scope_cannot_read_change_or_delete_runners() -> None:
+    with serve("glpat-create-only", scopes=("create_runner",)) as double:
+        auth = {"PRIVATE-TOKEN": "glpat-create-only"}
+        status, created, _ = call(double, "POST", "/api/v4/user/runners", {"runner_type": "instance_type"}, auth)
+        assert status == 201
+        for method, body in (("GET", None), ("PUT", {"paused": True}), ("DELETE", None)):
+            status, answer, _ = call(double, method, f"/api/v4/runners/{created['id']}", body, auth)
+            assert status == 403 and answer["error"] == "insufficient_scope", method
+        assert double.runners  # still there: a destroy with this token would leave it behind
+        double.add_api_token("glpat-manage", ("create_runner", "manage_runner"))
+        manage = {"PRIVATE-TOKEN": "glpat-manage"}
+        assert call(double, "GET", f"/api/v4/runners/{created['id']}", headers=manage)[0] == 200
+        assert call(double, "DELETE", f"/api/v4/runners/{created['id']}", headers=manage)[0] == 204
+
+
+def test_manage_only_scope_cannot_create() -> None:
+    with serve("glpat-manage-only", scopes=("manage_runner",)) as double:
+        status, answer, _ = call(
+            double,
+            "POST",
+            "/api/v4/user/runners",
+            {"runner_type": "instance_type"},
+            {"PRIVATE-TOKEN": "glpat-manage-only"},
+        )
+        assert status == 403 and answer["error"] == "insufficient_scope"
+
+
+def test_token_expiry_and_reset() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    with serve(API_TOKEN, token_lifetime=timedelta(hours=2)) as double:
+        created = create(double)
+        expires = datetime.fromisoformat(created["token_expires_at"].replace("Z", "+00:00"))
+        assert timedelta(hours=1, minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=2)
+        status, verified, _ = call(
+            double, "POST", "/api/v4/runners/verify", {"token": created["token"], "system_id": "s"}
+        )
+        assert status == 200 and verified["token_expires_at"] == created["token_expires_at"]
+        status, reset, _ = call(
+            double, "POST", "/api/v4/runners/reset_authentication_token", {"token": created["token"]}
+        )
+        assert status == 201 and reset["token"] != created["token"] and reset["token_expires_at"]
+        # The old token stops working at once; the new one works until it expires.
+        assert call(double, "POST", "/api/v4/jobs/request", {"token": created["token"], "info": {}})[0] == 403
+        assert call(double, "POST", "/api/v4/jobs/request", {"token": reset["token"], "info": {}})[0] == 204
+        double.expire_now(double.runners[created["id"]])
+        assert call(double, "POST", "/api/v4/jobs/request", {"token": reset["token"], "info": {}})[0] == 403
+
+
+def test_a_job_request_without_runner_info_is_a_bad_request(gitlab: GitLabDouble) -> None:
+    token = create(gitlab)["token"]
+    assert call(gitlab, "POST", "/api/v4/jobs/request", {"token": token})[0] == 400

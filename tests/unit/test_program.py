@@ -32,6 +32,7 @@ def run_program(
     secret_keys: tuple[str, ...] = ("gitlab:token",),
     preview: bool = False,
     program: Path = ROOT,
+    token_scopes: tuple[str, ...] = ("api",),
 ) -> dict[str, Any]:
     """Run a Pulumi program under mocks in a fresh process; what it registered, and its exports."""
     if config is None:
@@ -42,6 +43,7 @@ def run_program(
         "secret_keys": list(secret_keys),
         "preview": preview,
         "program": str(program),
+        "token_scopes": list(token_scopes),
     }
     done = subprocess.run(
         [sys.executable, "-m", "tests.unit.program_harness", json.dumps(request)],
@@ -71,30 +73,36 @@ def test_dev_stack_docker_target() -> None:
     assert types(result) == sorted(
         [
             "pulumi:providers:gitlab",
-            "pulumi:providers:docker",
             "gitlab-runners:index:RunnerRegistration",
             "gitlab:index/userRunner:UserRunner",
             "gitlab:index/userRunner:UserRunner",
+            "gitlab-runners:index:DockerHost",
+            "pulumi:providers:docker",
             "gitlab-runners:index:RunnerImage",
             "docker:index/image:Image",
-            "gitlab-runners:index:DockerRunner",
-            "docker:index/volume:Volume",
-            "docker:index/container:Container",
+            # One runner container per executor kind, each with its volume and config sync container.
+            *["gitlab-runners:index:DockerRunner", "docker:index/volume:Volume"] * 2,
+            *["docker:index/container:Container"] * 4,
         ]
     )
     # Every resource of a provider package goes through an explicit provider.
     for resource in result["resources"]:
         if resource["typ"].split(":")[0] in ("gitlab", "docker"):
             assert "pulumi:providers:" in resource["provider"], resource["name"]
-    container = next(r for r in result["resources"] if r["typ"] == "docker:index/container:Container")
-    assert container["secret_inputs"], "config.toml must travel as a secret"
-    config_toml = container["inputs"]["uploads"][0]["content"]
-    assert config_toml.count("[[runners]]") == 2 and "glrt-mock-" in config_toml
+    syncs = [
+        r for r in result["resources"] if r["typ"] == "docker:index/container:Container" and "uploads" in r["inputs"]
+    ]
+    assert len(syncs) == 2 and all(s["secret_inputs"] for s in syncs), "config.toml must travel as a secret"
+    for sync in syncs:
+        config_toml = next(u["content"] for u in sync["inputs"]["uploads"] if u["file"].endswith("config.toml"))
+        assert config_toml.count("[[runners]]") == 1 and "glrt-mock-" in config_toml
     image = next(r for r in result["resources"] if r["typ"] == "docker:index/image:Image")
     assert image["inputs"]["build"]["args"]["EXTRA_PACKAGES"] == "python3 py3-pip"
     runners = result["exports"]["runners"]
     assert set(runners["value"]) == {"dev-docker", "dev-shell"}
-    assert all(v["gitlabId"] and v["container"] == "gitlab-runner-dev" for v in runners["value"].values())
+    assert runners["value"]["dev-docker"]["local"]["container"] == "gitlab-runner-dev-docker"
+    assert runners["value"]["dev-shell"]["local"]["container"] == "gitlab-runner-dev-shell"
+    assert all(v["gitlabId"] for v in runners["value"].values())
     exported = json.dumps(result["exports"])
     assert "glrt-" not in exported and FAKE_API_TOKEN not in exported
 
@@ -125,8 +133,16 @@ def test_prod_stack_kubernetes_target() -> None:
     assert result["exports"]["runners"]["value"]["prod-k8s"]["namespace"] == "gitlab"
 
 
+def without_gitlab_attributes(config: dict[str, str]) -> dict[str, str]:
+    """The stack's runners with only what a runner that brings its own token may set."""
+    runners = json.loads(config["gitlab-runners:runners"])
+    keep = ("name", "executor", "image", "limit", "requestConcurrency", "privileged", "volumes", "pullPolicy")
+    config["gitlab-runners:runners"] = json.dumps([{k: v for k, v in r.items() if k in keep} for r in runners])
+    return config
+
+
 def test_existing_token_stack_creates_no_gitlab_resource() -> None:
-    config = stack_config("dev")
+    config = without_gitlab_attributes(stack_config("dev"))
     config["gitlab-runners:runnerTokens"] = json.dumps(
         {"dev-docker": "glrt-unit-existing-docker", "dev-shell": "glrt-unit-existing-shell"}
     )
@@ -134,9 +150,9 @@ def test_existing_token_stack_creates_no_gitlab_resource() -> None:
     assert result["error"] is None
     assert tokens_of(result) == []
     assert not any(r["typ"].startswith("pulumi:providers:gitlab") for r in result["resources"])
-    container = next(r for r in result["resources"] if r["typ"] == "docker:index/container:Container")
-    assert "glrt-unit-existing-shell" in container["inputs"]["uploads"][0]["content"]
-    assert container["secret_inputs"]
+    sync = next(r for r in result["resources"] if r["name"] == "docker-local-shell-sync")
+    assert "glrt-unit-existing-shell" in json.dumps(sync["inputs"]["uploads"])
+    assert sync["secret_inputs"]
     assert "glrt-unit-existing" not in json.dumps(result["exports"])
 
 

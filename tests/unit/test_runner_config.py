@@ -28,9 +28,9 @@ def test_docker_and_shell_runners() -> None:
             {"name": "s", "executor": "shell", "limit": 1},
         ],
         checkInterval=5,
-        metrics={"enabled": True, "listenAddress": "127.0.0.1:9300"},
     )
-    text = render_config_toml(settings.global_, settings.runners, "https://gl.example", {"d": "glrt-d", "s": "glrt-s"})
+    tokens = {"d": "glrt-d", "s": "glrt-s"}
+    text = render_config_toml(settings.global_, settings.runners, "https://gl.example", tokens, "127.0.0.1:9300")
     doc = tomllib.loads(text)
     assert doc["concurrent"] == 3
     assert doc["check_interval"] == 5
@@ -55,7 +55,7 @@ def test_docker_and_shell_runners() -> None:
     assert "docker" not in shell_runner and "kubernetes" not in shell_runner
 
 
-def test_metrics_off_means_no_listen_address() -> None:
+def test_no_listen_address_unless_given() -> None:
     settings = _settings("docker", [{"name": "d"}])
     doc = tomllib.loads(render_config_toml(settings.global_, settings.runners, "https://x", {"d": "glrt-x"}))
     assert "listen_address" not in doc

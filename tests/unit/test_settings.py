@@ -24,8 +24,10 @@ def test_docker_defaults() -> None:
     assert settings.docker is not None and settings.kubernetes is None
     assert settings.docker.build is not None
     assert settings.docker.build.base_image == f"gitlab/gitlab-runner:alpine-v{RUNNER_VERSION}"
-    assert settings.docker.socket_path == "/var/run/docker.sock"
-    assert settings.global_.metrics_listen_address.startswith("127.0.0.1:")
+    assert [h.name for h in settings.docker.hosts] == ["local"]
+    assert settings.docker.hosts[0].socket_path == "/var/run/docker.sock"
+    assert runner.hosts == ["local"]
+    assert settings.global_.metrics_host_address == "127.0.0.1"
 
 
 def test_kubernetes_defaults() -> None:
@@ -34,7 +36,7 @@ def test_kubernetes_defaults() -> None:
     assert settings.kubernetes is not None and settings.docker is None
     assert settings.kubernetes.namespace == "gitlab"
     assert settings.kubernetes.chart.version == CHART_VERSION
-    assert settings.kubernetes.limits and settings.kubernetes.requests
+    assert settings.kubernetes.resources.limits and settings.kubernetes.resources.requests
 
 
 def test_full_runner() -> None:
@@ -60,17 +62,17 @@ def test_full_runner() -> None:
         }
     )
     runner = settings.runners[0]
-    assert runner.scope.runner_type == "group_type" and runner.scope.group_id == 42
-    assert runner.tags == ("a", "b") and runner.run_untagged is False
+    assert runner.scope == "group" and runner.group_id == 42
+    assert runner.tags == ["a", "b"] and runner.run_untagged is False
     assert (runner.locked, runner.paused, runner.access_level) == (True, True, "ref_protected")
     assert runner.maximum_timeout == 3600 and runner.limit == 3 and runner.request_concurrency == 2
     assert settings.global_.concurrent == 3  # the sum of the limits
 
 
 def test_rootless_socket_from_host() -> None:
-    settings = parse({"target": "docker", "docker": {"host": "unix:///run/user/1000/docker.sock"}})
+    settings = parse({"target": "docker", "docker": {"hosts": [{"host": "unix:///run/user/1000/docker.sock"}]}})
     assert settings.docker is not None
-    assert settings.docker.socket_path == "/run/user/1000/docker.sock"
+    assert settings.docker.hosts[0].socket_path == "/run/user/1000/docker.sock"
 
 
 def test_existing_tokens_skip_api_and_gitlab_token() -> None:
@@ -97,12 +99,12 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     (
         "executor for target",
         {"target": "kubernetes", "runners": [{"name": "a", "executor": "shell"}]},
-        'gitlab-runners:runners[0].executor must be "kubernetes", got "shell"',
+        'gitlab-runners:runners[0].executor must be "kubernetes" for target "kubernetes", got "shell"',
     ),
     (
         "executor typo",
         {"target": "docker", "runners": [{"name": "a", "executor": "dokcer"}]},
-        'gitlab-runners:runners[0].executor must be "docker" or "shell", got "dokcer"',
+        'gitlab-runners:runners[0].executor must be "docker" or "shell" for target "docker", got "dokcer"',
     ),
     (
         "runner name",
@@ -162,7 +164,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     (
         "tags not a list",
         {"target": "docker", "runners": [{"name": "a", "tags": "a,b"}]},
-        'gitlab-runners:runners[0].tags must be a list of strings, got "a,b"',
+        'gitlab-runners:runners[0].tags must be a list, got "a,b"',
     ),
     (
         "tag with comma",
@@ -177,13 +179,13 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     (
         "pull policy",
         {"target": "docker", "runners": [{"name": "a", "pullPolicy": ["sometimes"]}]},
-        "gitlab-runners:runners[0].pullPolicy[0] must be one of always, if-not-present, never",
+        'gitlab-runners:runners[0].pullPolicy[0] must be "always" or "if-not-present" or "never", got "sometimes"',
     ),
-    ("empty runners", {"target": "docker", "runners": []}, "gitlab-runners:runners must list at least one runner"),
+    ("empty runners", {"target": "docker", "runners": []}, "gitlab-runners:runners must not be empty"),
     (
         "docker host scheme",
-        {"target": "docker", "docker": {"host": "/var/run/docker.sock"}},
-        "gitlab-runners:docker.host must start with unix://, tcp:// or ssh://",
+        {"target": "docker", "docker": {"hosts": [{"host": "/var/run/docker.sock"}]}},
+        "gitlab-runners:docker.hosts[0].host must start with unix:///, tcp:// or ssh://",
     ),
     (
         "flavor",
@@ -228,7 +230,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     (
         "chart version",
         {"target": "kubernetes", "kubernetes": {"chart": {"version": "latest"}}},
-        "gitlab-runners:kubernetes.chart.version must be an exact chart version",
+        "gitlab-runners:kubernetes.chart.version must be an exact release such as 1.2.3",
     ),
     (
         "replicas",
@@ -251,9 +253,9 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "gitlab-runners:runners[0].jobResources only applies to the kubernetes executor",
     ),
     (
-        "metrics address",
-        {"target": "docker", "metrics": {"enabled": True, "listenAddress": "9252"}},
-        'gitlab-runners:metrics.listenAddress must be host:port, got "9252"',
+        "metrics host address",
+        {"target": "docker", "metrics": {"enabled": True, "hostAddress": "localhost"}},
+        'gitlab-runners:metrics.hostAddress must be an IP address such as 127.0.0.1 or 0.0.0.0, got "localhost"',
     ),
     (
         "token for unknown runner",
@@ -282,10 +284,10 @@ def test_several_problems_reported_together() -> None:
 
 
 def test_secret_value_never_echoed_in_errors() -> None:
-    from components import settings as module
+    from components.settings import secrets
 
     values = {"runnerTokens": {"a": "glrt-plaintext-value-123"}}
-    tokens, problems = module._runner_tokens(values)  # not marked secret in this process
+    tokens, problems = secrets.runner_tokens(values, is_secret=False)
     assert tokens == {} and problems
     assert "glrt-plaintext-value-123" not in str(problems[0])
     assert "must be stored as a secret" in str(problems[0])

@@ -1,0 +1,134 @@
+"""DockerHost: everything the stack runs on one Docker host, as one subtree with its own provider.
+
+A host's change or failure stays inside its subtree: its provider, image and containers are its own,
+so `pulumi up --target` on one host works, and an unreachable host fails only its own resources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+
+from components.docker_runner import DockerRunner, DockerRunnerArgs
+from components.runner_image import RunnerImage, RunnerImageArgs
+from components.settings import DockerHost as HostSettings
+from components.settings import DockerTarget, DockerTls, GlobalSettings, Runner
+
+COMPONENT_TYPE = "gitlab-runners:index:DockerHost"
+# One runner container per executor kind: only the docker executor gets the Docker socket, so a shell
+# job never runs next to it (the socket is root on the host). The offset picks each one's metrics port.
+KINDS: dict[str, tuple[tuple[str, ...], int, bool]] = {
+    "docker": (("docker",), 0, True),
+    "shell": (("shell",), 1, False),
+}
+
+
+def executor_groups(runners: Sequence[Runner]) -> dict[str, list[Runner]]:
+    """The runners of each kind present, in KINDS order."""
+    groups: dict[str, list[Runner]] = {}
+    for kind, (executors, _, _) in KINDS.items():
+        members = [r for r in runners if r.executor in executors]
+        if members:
+            groups[kind] = members
+    return groups
+
+
+@dataclass(frozen=True)
+class DockerHostArgs:
+    host: HostSettings
+    """The host: address, socket, network mode, platform, TLS or ssh options."""
+
+    target: DockerTarget
+    """Image, container name prefix, stop timeout and volume policy shared by every host."""
+
+    runners: Sequence[Runner]
+    """The runners that run on this host."""
+
+    global_: GlobalSettings
+    """config.toml's global part."""
+
+    gitlab_url: str
+    """The GitLab instance."""
+
+    tokens: dict[str, pulumi.Output[str]]
+    """Runner name -> secret token."""
+
+    tls: DockerTls | None = None
+    """PEM material for a tcp:// host, as secrets."""
+
+    allow_privileged: bool = False
+    """Recorded on the containers for the policy pack."""
+
+
+class DockerHost(pulumi.ComponentResource):
+    """The host's docker provider, its runner image and one DockerRunner per executor kind."""
+
+    containers: dict[str, pulumi.Output[str]]
+    """Executor kind -> container name."""
+
+    container_ids: dict[str, pulumi.Output[str]]
+    """Executor kind -> container id."""
+
+    image_name: pulumi.Output[str] | None
+    """The built image's name and tag (None with a prebuilt image)."""
+
+    def __init__(self, name: str, args: DockerHostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(COMPONENT_TYPE, name, None, opts)
+        host = args.host
+        tls = args.tls
+        provider = docker.Provider(
+            f"{name}-provider",
+            host=host.host,
+            cert_path=host.cert_path,
+            ca_material=tls.ca_cert if tls else None,
+            cert_material=tls.cert if tls else None,
+            key_material=tls.key if tls else None,
+            ssh_opts=list(host.ssh_opts) or None,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        on_host = pulumi.ResourceOptions(parent=self, providers=[provider])
+        image_ref: pulumi.Input[str]
+        self.image_name = None
+        target = args.target
+        if target.build is not None:
+            image = RunnerImage(
+                f"{name}-image",
+                RunnerImageArgs(build=target.build, platform=host.platform),
+                opts=on_host,
+            )
+            image_ref = image.image_ref
+            self.image_name = image.image_name
+        else:
+            image_ref = target.prebuilt_image or ""
+
+        self.containers = {}
+        self.container_ids = {}
+        prefix = target.container_name or "gitlab-runner"
+        for kind, runners in executor_groups(args.runners).items():
+            _, offset, socket = KINDS[kind]
+            runner = DockerRunner(
+                f"{name}-{kind}",
+                DockerRunnerArgs(
+                    container_name=f"{prefix}-{kind}",
+                    runners=runners,
+                    image=image_ref,
+                    global_=args.global_,
+                    gitlab_url=args.gitlab_url,
+                    tokens={r.name: args.tokens[r.name] for r in runners},
+                    socket_path=host.socket_path if socket else None,
+                    network_mode=host.network_mode,
+                    metrics_port=args.global_.metrics_port + offset,
+                    publish_metrics=args.global_.metrics_enabled,
+                    metrics_address=args.global_.metrics_host_address,
+                    stop_timeout=target.stop_timeout,
+                    keep_config_volume=target.keep_config_volume,
+                    allow_privileged=args.allow_privileged,
+                ),
+                opts=on_host,
+            )
+            self.containers[kind] = runner.container_name
+            self.container_ids[kind] = runner.container_id
+        self.register_outputs({"containers": self.containers})

@@ -1,0 +1,114 @@
+#!/bin/sh
+# Installs the config.toml the stack rendered into a runner's config volume, run by the one-shot
+# "config sync" container (components/docker_runner.py) whenever the rendered file changes.
+#
+# config.toml has two owners. The stack owns every setting; the runner owns its credentials (id,
+# token, token_obtained_at, token_expires_at), because it rotates its own token before it expires and
+# writes the new one back. So for each runner:
+#   - the stack's token is the one it delivered last time (its hash is in .gitlab-runners-tokens):
+#     the credentials already in config.toml are kept, rotated or not;
+#   - the stack brings a token it has not delivered before (a new runner, or a rotation by the stack):
+#     the runner's own `register` verifies it with GitLab (POST /api/v4/runners/verify, with the
+#     runner's system id) and writes the credentials as the runner itself does, token_expires_at
+#     included, which is what makes the runner rotate it in time.
+# The file is replaced in one rename; the running runner notices the change and reloads it. Nothing
+# here prints a token, and the staged copy is removed from this container when the script ends.
+#
+# Needs only a POSIX shell, awk, sha256sum and mktemp (busybox on alpine, coreutils on ubuntu).
+set -eu
+umask 077
+
+staged="${STAGED_CONFIG:-/gitlab-runners/config.toml}"
+dir="${CONFIG_DIR:-/etc/gitlab-runner}"
+runner="${GITLAB_RUNNER:-gitlab-runner}"
+conf="$dir/config.toml"
+seeds="$dir/.gitlab-runners-tokens"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"; rm -f "$staged"' EXIT
+
+fail() { echo "config sync: $*" >&2; exit 1; }
+mask() { sed 's/glrt-[A-Za-z0-9_.-]*/glrt-[MASKED]/g'; }
+[ -s "$staged" ] || fail "no staged config at $staged"
+mkdir -p "$dir"
+touch "$seeds"
+
+# Fields of each [[runners]] table's own part (not its subtables), as "name<TAB>key = value" lines,
+# whatever the order of the keys (the runner writes `name` first, a map encoder sorts them).
+runner_lines() {
+  awk -v want="$2" '
+    function flush(   i) {
+      for (i = 1; i <= count; i++) if (name != "") print name "\t" kept[i]
+      count = 0; name = ""
+    }
+    /^[[:space:]]*\[\[runners\]\][[:space:]]*$/ { flush(); inside = 1; next }
+    /^[[:space:]]*\[/ { flush(); inside = 0; next }
+    inside && /^[[:space:]]*name[[:space:]]*=/ {
+      name = $0; sub(/^[^=]*=[[:space:]]*"/, "", name); sub(/"[[:space:]]*$/, "", name); next
+    }
+    inside && /=/ {
+      line = $0; sub(/^[[:space:]]+/, "", line)
+      field = line; sub(/[[:space:]]*=.*$/, "", field)
+      if (want == "" || index(" " want " ", " " field " ")) kept[++count] = line
+    }
+    END { flush() }
+  ' "$1"
+}
+unquote() { sed 's/^[^=]*=[[:space:]]*"//; s/"[[:space:]]*$//'; }
+
+credentials="$work/credentials"
+: > "$credentials"
+: > "$work/seeds"
+runner_lines "$staged" "url token" | sort > "$work/staged-fields"
+for name in $(cut -f1 "$work/staged-fields" | sort -u); do
+  token="$(grep "^$name	token[[:space:]]*=" "$work/staged-fields" | cut -f2 | unquote)"
+  url="$(grep "^$name	url[[:space:]]*=" "$work/staged-fields" | cut -f2 | unquote)"
+  [ -n "$token" ] && [ -n "$url" ] || fail "runner $name has no url or token in the staged config"
+  hash="$(printf '%s' "$token" | sha256sum | cut -c1-64)"
+  echo "$name $hash" >> "$work/seeds"
+  if grep -qx "$name $hash" "$seeds" && [ -f "$conf" ] \
+    && runner_lines "$conf" "token" | grep -q "^$name	"; then
+    # Delivered before: whatever the runner holds now is current.
+    runner_lines "$conf" "id token token_obtained_at token_expires_at" | grep "^$name	" >> "$credentials"
+    continue
+  fi
+  # A token the runner has not seen: verify it the runner's own way, with the runner's system id.
+  reg="$work/register-$name"
+  mkdir -p "$reg"
+  [ -f "$dir/.runner_system_id" ] && cp "$dir/.runner_system_id" "$reg/.runner_system_id"
+  if ! CI_SERVER_TOKEN="$token" "$runner" register --non-interactive --config "$reg/config.toml" \
+    --url "$url" --name "$name" --executor shell > "$reg/log" 2>&1; then
+    mask < "$reg/log" >&2
+    fail "GitLab did not accept the token of runner $name at $url (see above); nothing was changed"
+  fi
+  [ -f "$dir/.runner_system_id" ] || cp "$reg/.runner_system_id" "$dir/.runner_system_id"
+  runner_lines "$reg/config.toml" "id token token_obtained_at token_expires_at" \
+    | sed "s/^[^	]*	/$name	/" >> "$credentials"
+done
+
+# The staged file with each runner's credential lines replaced by the ones chosen above.
+awk -v creds="$credentials" '
+  BEGIN {
+    while ((getline line < creds) > 0) {
+      tab = index(line, "\t"); name = substr(line, 1, tab - 1)
+      lines[name] = lines[name] substr(line, tab + 1) "\n"
+    }
+  }
+  /^[[:space:]]*\[\[runners\]\][[:space:]]*$/ { inside = 1; name = ""; print; next }
+  /^[[:space:]]*\[/ { inside = 0; print; next }
+  inside && /^[[:space:]]*name[[:space:]]*=/ {
+    name = $0; sub(/^[^=]*=[[:space:]]*"/, "", name); sub(/"[[:space:]]*$/, "", name); print; next
+  }
+  inside && /^[[:space:]]*(id|token|token_obtained_at|token_expires_at)[[:space:]]*=/ {
+    if (name in lines) {
+      if ($0 ~ /^[[:space:]]*token[[:space:]]*=/) printf "%s", lines[name]
+      next
+    }
+  }
+  { print }
+' "$staged" > "$work/config.toml"
+
+[ -s "$work/config.toml" ] || fail "the merged config is empty"
+cp "$work/config.toml" "$dir/.config.toml.new"
+mv "$dir/.config.toml.new" "$conf"
+cp "$work/seeds" "$seeds"
+echo "config sync: config.toml installed ($(grep -c '^\[\[runners\]\]' "$work/config.toml") runner(s))"

@@ -1,0 +1,398 @@
+"""The stack config as one declared model (pydantic v2).
+
+Types, ranges, patterns, defaults, examples and the one-line documentation of every key live here.
+The JSON Schema in schemas/ and the README's configuration reference are generated from these
+classes, and the settings error messages take their examples from them. Rules that span several keys
+are in rules.py; defaults that depend on the stack's name or on other keys are filled in by resolve.py.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+PROJECT = "gitlab-runners"
+
+# Pinned defaults. The runner version and the chart version move together: the chart's own
+# appVersion says which runner it ships (tests/unit/test_pins.py reads it from the archive).
+RUNNER_VERSION = "18.5.0"
+CHART_VERSION = "0.82.0"
+CHART_REPOSITORY = "https://charts.gitlab.io"
+DEFAULT_JOB_IMAGE = "alpine:3.20.3"
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+METRICS_PORT = 9252
+
+# Patterns, anchored: pydantic and JSON Schema validators both search, neither anchors for us.
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$"
+# An image reference with a tag other than `latest`, or a digest.
+PINNED_IMAGE_PATTERN = (
+    r"^([^\s@:/]+(:[0-9]+)?/)?[^\s@:]+:(?!latest$)[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+    r"|^[^\s@]+@sha256:[0-9a-f]{64}$"
+)
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+VERSION_PATTERN = r"^[0-9]+\.[0-9]+\.[0-9]+$"
+TAG_PATTERN = r"^[^,\s]([^,]{0,253}[^,\s])?$"
+PACKAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9+._:=~-]{0,127}$"
+REPOSITORY_PATTERN = r"^[a-z0-9]+([._/-][a-z0-9]+)*$"
+CONTAINER_NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
+DOCKER_HOST_PATTERN = r"^(unix:///|tcp://|ssh://)\S+$"
+ABSOLUTE_PATH_PATTERN = r"^/\S*$"
+VOLUME_PATTERN = r"^(/[^:\s]*|[^:\s/][^:\s]*:/[^:\s]*|[^:\s]+:/[^:\s]*:(ro|rw))$"
+LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+PLATFORM_PATTERN = r"^linux/(amd64|arm64|arm/v[67]|ppc64le|s390x|riscv64)$"
+IP_PATTERN = r"^([0-9]{1,3}\.){3}[0-9]{1,3}$|^\[?[0-9a-fA-F:]+\]?$"
+
+# What a pattern means, in the words the error messages use.
+PATTERN_HINTS = {
+    NAME_PATTERN: (
+        "must be lower-case letters, digits and dashes (at most 40), starting and ending with a letter or digit"
+    ),
+    PINNED_IMAGE_PATTERN: "must be pinned with a tag (not latest) or a digest",
+    QUANTITY_PATTERN: "must be a Kubernetes quantity",
+    VERSION_PATTERN: "must be an exact release such as 1.2.3 (never latest)",
+    TAG_PATTERN: "must be a non-empty tag without commas or surrounding spaces",
+    PACKAGE_PATTERN: "must be a package name",
+    REPOSITORY_PATTERN: "must be a lower-case image repository name",
+    CONTAINER_NAME_PATTERN: "must be a valid container name",
+    DOCKER_HOST_PATTERN: "must start with unix:///, tcp:// or ssh://",
+    ABSOLUTE_PATH_PATTERN: "must be an absolute path",
+    VOLUME_PATTERN: "must be a container path (/cache) or host:container[:ro|rw] with an absolute container path",
+    LABEL_KEY_PATTERN: "must be a Kubernetes label key",
+    LABEL_VALUE_PATTERN: "must be a Kubernetes label value",
+    URL_PATTERN: "must be an http(s) URL without credentials, query or fragment",
+    PLATFORM_PATTERN: "must be a platform such as linux/amd64 or linux/arm64",
+    IP_PATTERN: "must be an IP address such as 127.0.0.1 or 0.0.0.0",
+}
+
+# Bounds: what config.toml, GitLab and Kubernetes accept, and far below a 64-bit overflow.
+MAX_JOBS = 10_000
+ONE_DAY = 86_400
+ONE_MONTH = 2_629_746  # GitLab's longest job timeout
+MAX_ID = 2_147_483_647  # GitLab ids are 32-bit integers
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+PinnedImage = Annotated[str, StringConstraints(pattern=PINNED_IMAGE_PATTERN)]
+Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
+Version = Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]
+Tag = Annotated[str, StringConstraints(pattern=TAG_PATTERN)]
+Package = Annotated[str, StringConstraints(pattern=PACKAGE_PATTERN)]
+Volume = Annotated[str, StringConstraints(pattern=VOLUME_PATTERN)]
+AbsolutePath = Annotated[str, StringConstraints(pattern=ABSOLUTE_PATH_PATTERN)]
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN)]
+Text = Annotated[str, StringConstraints(max_length=1024)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+Target = Literal["docker", "kubernetes"]
+Flavor = Literal["alpine", "ubuntu"]
+Scope = Literal["instance", "group", "project"]
+AccessLevel = Literal["not_protected", "ref_protected"]
+PullPolicy = Literal["always", "if-not-present", "never"]
+LogLevel = Literal["debug", "info", "warn", "error", "fatal", "panic"]
+EXECUTORS: dict[str, tuple[str, ...]] = {"docker": ("docker", "shell"), "kubernetes": ("kubernetes",)}
+# Executors GitLab retired, and what replaced them.
+RETIRED_EXECUTORS = {
+    "docker+machine": "docker-autoscaler",
+    "docker-ssh": "docker",
+    "docker-ssh+machine": "docker-autoscaler",
+}
+
+
+def check_gitlab_url(url: str) -> str:
+    """The instance's address as the gitlab provider and the runner want it: the API path is theirs to add."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise PydanticCustomError("url_port", f'has a port that is not a number from 1 to 65535, got "{url}"') from None
+    if port == 0:
+        raise PydanticCustomError("url_port", f'has a port that is not a number from 1 to 65535, got "{url}"')
+    if "/api/v4" in parts.path.rstrip("/") + "/":
+        raise PydanticCustomError(
+            "url_api", "must be the instance's address without /api/v4 (the API path is added for you)"
+        )
+    return url.rstrip("/")
+
+
+def key(default: Any, example: Any, doc: str, **constraints: Any) -> Any:
+    """A config key: its default, one example of a right value, and what it does."""
+    return Field(default, description=doc, examples=[example], **constraints)
+
+
+class Section(BaseModel):
+    """Every part of the stack config: camelCase keys, unknown keys refused, no type coercion."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=False,
+        regex_engine="python-re",
+        use_attribute_docstrings=False,
+    )
+
+
+class JobResources(Section):
+    """Kubernetes requests and limits of each job pod (kubernetes executor only)."""
+
+    cpu_request: Quantity | None = key(None, "500m", "CPU request of a job pod")
+    memory_request: Quantity | None = key(None, "512Mi", "memory request of a job pod")
+    cpu_limit: Quantity | None = key(None, "2", "CPU limit of a job pod")
+    memory_limit: Quantity | None = key(None, "2Gi", "memory limit of a job pod")
+
+
+class Runner(Section):
+    """One runner: its attributes in GitLab and how its jobs run."""
+
+    name: Name = key(
+        ..., "docker-1", "unique; names the runner in config.toml, the GitLab description's default and the release"
+    )
+    scope: Scope = key("instance", "group", "where the runner is created in GitLab (with groupId / projectId)")
+    group_id: int | None = key(None, 42, "the group of a group runner", ge=1, le=MAX_ID)
+    project_id: int | None = key(None, 7, "the project of a project runner", ge=1, le=MAX_ID)
+    description: Text | None = key(None, "build runner", "GitLab description; default `<stack>-<name>`")
+    tags: list[Tag] = key([], ["docker", "linux"], "job tags this runner picks up (set in GitLab)", max_length=256)
+    run_untagged: bool | None = key(None, False, "pick up untagged jobs; default: true when there are no tags")
+    locked: bool = key(False, True, "locked to its project (set in GitLab)")
+    access_level: AccessLevel = key(
+        "not_protected", "ref_protected", "`ref_protected` runs protected-ref jobs only (deploy runners)"
+    )
+    paused: bool = key(False, True, "paused in GitLab: takes no jobs")
+    maximum_timeout: int | None = key(
+        None, 3600, "longest job the runner accepts, in seconds (set in GitLab)", ge=600, le=ONE_MONTH
+    )
+    maintenance_note: Text | None = key(None, "owned by platform", "GitLab maintenance note")
+    executor: Literal["docker", "shell", "kubernetes"] | None = key(
+        None, "docker", "docker target: `docker` or `shell`; kubernetes: `kubernetes`; default the first"
+    )
+    image: PinnedImage | None = key(
+        None, DEFAULT_JOB_IMAGE, f"default job image (not for shell); default `{DEFAULT_JOB_IMAGE}`"
+    )
+    request_concurrency: int = key(1, 2, "concurrent job requests to GitLab", ge=1, le=100)
+    limit: int = key(0, 4, "jobs at once for this runner, 0 for no limit of its own", ge=0, le=MAX_JOBS)
+    privileged: bool = key(False, False, "privileged job containers (root on the host); needs allowPrivileged")
+    volumes: list[Volume] | None = key(None, ["/cache"], "docker executor volumes; default `[/cache]`", max_length=64)
+    pull_policy: list[PullPolicy] = key(
+        ["always"], ["if-not-present"], "job image pull policy", min_length=1, max_length=3
+    )
+    job_resources: JobResources | None = key(None, {"cpuLimit": "2", "memoryLimit": "2Gi"}, "kubernetes executor only")
+    hosts: list[Name] | None = key(
+        None, ["build-1"], "Docker target: the hosts this runner runs on; default all", min_length=1
+    )
+
+
+class Metrics(Section):
+    """The runner's Prometheus metrics."""
+
+    enabled: bool = key(
+        False,
+        True,
+        "serve metrics to scrapers: Kubernetes, the chart's metrics port; Docker, on the host at hostAddress",
+    )
+    port: Port = key(
+        METRICS_PORT,
+        METRICS_PORT,
+        "Kubernetes: the chart's metrics port; Docker: the docker-executor container's, +1 for shell",
+    )
+    host_address: Annotated[str, StringConstraints(pattern=IP_PATTERN)] = key(
+        "127.0.0.1",
+        "0.0.0.0",  # noqa: S104 - an example value
+        "Docker only: the host address the metrics port is published on (listened on, in host mode)",
+    )
+
+
+class ImageBuild(Section):
+    """How the runner image is built from images/runner/Dockerfile."""
+
+    flavor: Flavor = key("alpine", "ubuntu", "base image flavour")
+    runner_version: Version = key(RUNNER_VERSION, RUNNER_VERSION, "exact gitlab-runner release")
+    base_image: PinnedImage | None = key(
+        None,
+        f"gitlab/gitlab-runner:alpine-v{RUNNER_VERSION}",
+        "pinned base; default `gitlab/gitlab-runner:<flavor>-v<runnerVersion>`",
+    )
+    extra_packages: list[Package] = key([], ["python3", "py3-pip"], "packages installed with apk or apt", max_length=64)
+    repository: Annotated[str, StringConstraints(pattern=REPOSITORY_PATTERN)] | None = key(
+        None, "gitlab-runners/runner", "local image repository, never pushed; default `gitlab-runners/<stack>-runner`"
+    )
+
+    @property
+    def resolved_base_image(self) -> str:
+        return self.base_image or f"gitlab/gitlab-runner:{self.flavor}-v{self.runner_version}"
+
+    @property
+    def tag(self) -> str:
+        """The local image's name and tag (resolved settings only)."""
+        return f"{self.repository}:{self.flavor}-v{self.runner_version}"
+
+
+class DockerHost(Section):
+    """One Docker host: its own provider, image build, config volumes and runner containers."""
+
+    name: Name = key("local", "build-1", "names the host's resources; unique")
+    host: Annotated[str, StringConstraints(pattern=DOCKER_HOST_PATTERN)] = key(
+        DEFAULT_DOCKER_HOST, "ssh://deploy@build-1.example.com", "the host's explicit docker provider connects here"
+    )
+    socket_path: AbsolutePath | None = key(
+        None,
+        "/run/user/1000/docker.sock",
+        "the Docker socket on the host, mounted for docker-executor runners; default the unix:// host's path, "
+        "else /var/run/docker.sock",
+    )
+    network_mode: Literal["bridge", "host"] = key(
+        "bridge", "host", "`host` lets the runner reach services on the host's loopback"
+    )
+    platform: Annotated[str, StringConstraints(pattern=PLATFORM_PATTERN)] | None = key(
+        None,
+        "linux/arm64",
+        "platform of the runner image; default the machine running pulumi's (set it for remote hosts of another)",
+    )
+    cert_path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
+        None,
+        "~/.docker/build-1",
+        "tcp:// only: folder with ca.pem, cert.pem and key.pem for TLS (or the secret dockerTls)",
+    )
+    ssh_opts: list[Annotated[str, StringConstraints(min_length=1, max_length=1024)]] = key(
+        [], ["-o", "StrictHostKeyChecking=yes"], "ssh:// only: extra ssh options", max_length=32
+    )
+
+
+class DockerTarget(Section):
+    """The Docker target: a list of Docker hosts, each with its runner containers."""
+
+    hosts: list[DockerHost] = key(
+        [DockerHost()],
+        [{"name": "local", "host": DEFAULT_DOCKER_HOST}],
+        "the Docker hosts",
+        min_length=1,
+        max_length=100,
+    )
+    container_name: Annotated[str, StringConstraints(pattern=CONTAINER_NAME_PATTERN)] | None = key(
+        None,
+        "gitlab-runner",
+        "prefix of the runner containers, `<prefix>-<executor>`; default `gitlab-runner-<stack>`; "
+        "volumes add `-config`",
+    )
+    image: ImageBuild | None = key(
+        None, {"flavor": "alpine", "extraPackages": ["python3"]}, "the image to build on each host"
+    )
+    prebuilt_image: PinnedImage | None = key(
+        None, f"registry.example.com/runner:{RUNNER_VERSION}", "use instead of building (exclusive with image)"
+    )
+    keep_config_volume: bool = key(False, True, "keep the config volumes on destroy")
+    stop_timeout: int = key(
+        3600, 3600, "seconds a stopping runner gets to finish running jobs (SIGQUIT)", ge=0, le=ONE_DAY
+    )
+
+    @property
+    def build(self) -> ImageBuild | None:
+        """The image to build, None when a prebuilt image is used (resolved settings only)."""
+        return None if self.prebuilt_image is not None else self.image
+
+
+class Chart(Section):
+    """Where the official gitlab-runner chart comes from."""
+
+    repository: Annotated[str, StringConstraints(pattern=r"^(https?|oci)://\S+$")] | None = key(
+        None, CHART_REPOSITORY, f"chart repository; default `{CHART_REPOSITORY}`"
+    )
+    version: Version | None = key(None, CHART_VERSION, f"exact chart version; default `{CHART_VERSION}`")
+    path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
+        None, "./charts/gitlab-runner-0.82.0.tgz", "a chart archive or folder on disk instead of a repository"
+    )
+
+    @property
+    def reference(self) -> str:
+        """What helm installs: the path on disk, else the chart's name in the repository."""
+        return self.path or "gitlab-runner"
+
+
+class Resources(Section):
+    """Requests and limits of the runner manager pod."""
+
+    requests: dict[Literal["cpu", "memory", "ephemeral-storage"], Quantity] = key(
+        {"cpu": "100m", "memory": "128Mi"}, {"cpu": "100m", "memory": "128Mi"}, "requests of the runner manager pod"
+    )
+    limits: dict[Literal["cpu", "memory", "ephemeral-storage"], Quantity] = key(
+        {"cpu": "500m", "memory": "512Mi"}, {"cpu": "500m", "memory": "512Mi"}, "limits of the runner manager pod"
+    )
+
+
+class Rbac(Section):
+    create: bool = key(True, True, "create the runner's Role and RoleBinding")
+    cluster_wide_access: bool = key(False, False, "a ClusterRole instead (needs the allowance annotation)")
+
+
+class ServiceAccount(Section):
+    create: bool = key(True, True, "create the runner manager's service account")
+    name: Name | None = key(None, "gitlab-runner", "its name; default the chart's")
+
+
+class KubernetesTarget(Section):
+    """The Kubernetes target: the official chart, one release per runner."""
+
+    namespace: Name = key("gitlab", "gitlab", "the runners' namespace, not `default`")
+    create_namespace: bool = key(
+        False,
+        True,
+        "create the namespace (and delete it on destroy); by default an existing one is used and never deleted",
+    )
+    chart: Chart = key(Chart(), {"version": CHART_VERSION}, "the chart's source")
+    replicas: int = key(1, 1, "runner manager pods per runner", ge=0, le=50)
+    resources: Resources = key(Resources(), {"requests": {"cpu": "100m"}}, "the runner manager pod's resources")
+    rbac: Rbac = key(Rbac(), {"create": True}, "the chart's RBAC")
+    service_account: ServiceAccount = key(ServiceAccount(), {"create": True}, "the chart's service account")
+    kubeconfig: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
+        None, "~/.kube/config", "the explicit kubernetes provider's kubeconfig; default the ambient one"
+    )
+    context: Annotated[str, StringConstraints(min_length=1, max_length=253)] | None = key(
+        None, "prod-cluster", "the kubeconfig context; default its current one"
+    )
+    termination_grace_period_seconds: int = key(3600, 3600, "time running jobs get on a rollout", ge=0, le=ONE_DAY)
+
+
+class StackConfig(Section):
+    """Every `gitlab-runners:` key of a stack file. Secrets are read apart (secrets.py)."""
+
+    target: Target = key(..., "docker", "where the runners run")
+    gitlab_url: Annotated[
+        str, StringConstraints(max_length=2048, pattern=URL_PATTERN), AfterValidator(check_gitlab_url)
+    ] = key("https://gitlab.com", "https://gitlab.example.com", "the GitLab instance, without /api/v4")
+    allow_privileged: bool = key(False, True, "let runners set `privileged` (root on the host)")
+    concurrent: int | None = key(
+        None,
+        4,
+        "jobs at once per runner manager; default the sum of the limits, else one per runner",
+        ge=1,
+        le=MAX_JOBS,
+    )
+    check_interval: int = key(3, 3, "seconds between job requests (config.toml check_interval)", ge=0, le=3600)
+    shutdown_timeout: int = key(
+        30, 30, "seconds a forced shutdown waits (config.toml shutdown_timeout)", ge=0, le=ONE_DAY
+    )
+    log_level: LogLevel = key("info", "debug", "the runner's log level")
+    metrics: Metrics = key(Metrics(), {"enabled": True}, "Prometheus metrics")
+    runners: list[Runner] | None = key(
+        None,
+        [{"name": "docker-1", "executor": "docker"}],
+        "the runners; default one named `runner`",
+        min_length=1,
+        max_length=1000,
+    )
+    docker: DockerTarget | None = key(None, {"host": DEFAULT_DOCKER_HOST}, "the Docker target's settings")
+    kubernetes: KubernetesTarget | None = key(None, {"namespace": "gitlab"}, "the Kubernetes target's settings")
+
+
+# Keys of the project's namespace read as secrets, not through the model (secrets.py).
+SECRET_KEYS = {
+    "runnerTokens": "runner name -> glrt- token of a runner created outside the stack",
+    "dockerTls": "Docker host name -> {caCert, cert, key} PEM for a tcp:// host (instead of certPath)",
+}

@@ -1,0 +1,135 @@
+"""Defaults that depend on the stack's name or on other keys, filled in once the config is valid.
+
+The components read only resolved settings: every optional key they use has its value here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.settings.model import (
+    CHART_REPOSITORY,
+    CHART_VERSION,
+    DEFAULT_JOB_IMAGE,
+    EXECUTORS,
+    DockerTarget,
+    ImageBuild,
+    KubernetesTarget,
+    Runner,
+    StackConfig,
+    Target,
+)
+
+
+@dataclass(frozen=True)
+class GlobalSettings:
+    """The global part of config.toml, shared by both targets."""
+
+    concurrent: int
+    """Jobs at once per runner manager (one container, one pod)."""
+    concurrent_set: bool
+    """The stack set `concurrent`; otherwise each manager takes the sum of its own runners' limits."""
+    check_interval: int
+    shutdown_timeout: int
+    log_level: str
+    metrics_enabled: bool
+    metrics_port: int
+    metrics_host_address: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the program needs, validated and resolved. Secrets are kept apart, in `Secrets`."""
+
+    stack: str
+    target: Target
+    gitlab_url: str
+    runners: tuple[Runner, ...]
+    global_: GlobalSettings
+    allow_privileged: bool
+    existing_token_names: frozenset[str]
+    docker: DockerTarget | None = None
+    kubernetes: KubernetesTarget | None = None
+    warnings: tuple[str, ...] = ()
+    """Problems that do not stop the program (a missing credential on preview), shown as warnings."""
+
+    @property
+    def runners_to_create(self) -> tuple[Runner, ...]:
+        """Runners created through the GitLab API (those without an existing token)."""
+        return tuple(r for r in self.runners if r.name not in self.existing_token_names)
+
+
+def resolve_runners(config: StackConfig, stack: str) -> tuple[Runner, ...]:
+    runners = config.runners or [Runner.model_validate({"name": "runner"})]
+    all_hosts = [h.name for h in config.docker.hosts] if config.docker is not None else ["local"]
+    resolved = []
+    for runner in runners:
+        executor = runner.executor or EXECUTORS[config.target][0]
+        resolved.append(
+            runner.model_copy(
+                update={
+                    "executor": executor,
+                    "description": runner.description or f"{stack}-{runner.name}",
+                    # GitLab's own default: a runner without tags picks up untagged jobs.
+                    "run_untagged": (not runner.tags) if runner.run_untagged is None else runner.run_untagged,
+                    "image": None if executor == "shell" else (runner.image or DEFAULT_JOB_IMAGE),
+                    "volumes": (runner.volumes if runner.volumes is not None else ["/cache"])
+                    if executor == "docker"
+                    else [],
+                    "hosts": (runner.hosts or all_hosts) if config.target == "docker" else [],
+                }
+            )
+        )
+    return tuple(resolved)
+
+
+def default_concurrent(config: StackConfig, runners: tuple[Runner, ...]) -> int:
+    # Without per-runner limits, one job per runner at a time is the cautious default.
+    return config.concurrent or sum(r.limit for r in runners) or len(runners)
+
+
+def resolve_global(config: StackConfig, runners: tuple[Runner, ...]) -> GlobalSettings:
+    return GlobalSettings(
+        concurrent=default_concurrent(config, runners),
+        concurrent_set=config.concurrent is not None,
+        check_interval=config.check_interval,
+        shutdown_timeout=config.shutdown_timeout,
+        log_level=config.log_level,
+        metrics_enabled=config.metrics.enabled,
+        metrics_port=config.metrics.port,
+        metrics_host_address=config.metrics.host_address,
+    )
+
+
+def resolve_docker(docker: DockerTarget, stack: str) -> DockerTarget:
+    hosts = []
+    for host in docker.hosts:
+        local_socket = host.host[len("unix://") :] if host.host.startswith("unix://") else None
+        hosts.append(
+            host.model_copy(update={"socket_path": host.socket_path or local_socket or "/var/run/docker.sock"})
+        )
+    image = None
+    if docker.prebuilt_image is None:
+        build = docker.image or ImageBuild()
+        image = build.model_copy(
+            update={
+                "base_image": build.resolved_base_image,
+                "repository": build.repository or f"gitlab-runners/{stack}-runner",
+            }
+        )
+    return docker.model_copy(
+        update={
+            "hosts": hosts,
+            "container_name": docker.container_name or f"gitlab-runner-{stack}",
+            "image": image,
+        }
+    )
+
+
+def resolve_kubernetes(kubernetes: KubernetesTarget) -> KubernetesTarget:
+    chart = kubernetes.chart
+    if chart.path is None:
+        chart = chart.model_copy(
+            update={"repository": chart.repository or CHART_REPOSITORY, "version": chart.version or CHART_VERSION}
+        )
+    return kubernetes.model_copy(update={"chart": chart})

@@ -1,0 +1,220 @@
+"""Rules that span several keys, checked once every key has the right shape.
+
+Each rule names the key to change and a right value. Rules that depend on a key that is itself wrong
+are skipped, so only root causes are reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from components.settings.model import EXECUTORS, PROJECT, StackConfig
+from components.settings.problems import Problem
+
+# Runner attributes that only the GitLab API sets: a runner that brings its own token never reaches it.
+GITLAB_SIDE = (
+    "scope",
+    "groupId",
+    "projectId",
+    "description",
+    "tags",
+    "runUntagged",
+    "locked",
+    "accessLevel",
+    "paused",
+    "maximumTimeout",
+    "maintenanceNote",
+)
+TOKEN_SCOPES = "create_runner and manage_runner (or api)"  # noqa: S105 - scope names
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the rules need besides the config."""
+
+    existing_token_names: frozenset[str] = frozenset()
+    has_gitlab_token: bool = False
+    gitlab_token_is_secret: bool = True
+    docker_tls_names: frozenset[str] = frozenset()
+    dry_run: bool = False
+
+
+def _key(name: str) -> str:
+    return f"{PROJECT}:{name}"
+
+
+def runner_problems(config: StackConfig) -> Iterator[Problem]:
+    executors = EXECUTORS[config.target]
+    seen: set[str] = set()
+    for index, runner in enumerate(config.runners or ()):
+        at = f"runners[{index}]"
+        if runner.name in seen:
+            yield Problem(_key(f"{at}.name"), f'"{runner.name}" is used twice', "give each runner its own name")
+        seen.add(runner.name)
+        if runner.executor is not None and runner.executor not in executors:
+            options = " or ".join(f'"{e}"' for e in executors)
+            yield Problem(
+                _key(f"{at}.executor"),
+                f'must be {options} for target "{config.target}", got "{runner.executor}"',
+                f"executor: {executors[0]}",
+            )
+        executor = runner.executor or executors[0]
+        for field, needed in (("group_id", "group"), ("project_id", "project")):
+            alias = "groupId" if field == "group_id" else "projectId"
+            value = getattr(runner, field)
+            if runner.scope == needed and value is None:
+                yield Problem(_key(f"{at}.{alias}"), f'is required but not set (scope "{needed}")', f"{alias}: 42")
+            elif runner.scope != needed and value is not None:
+                yield Problem(_key(f"{at}.{alias}"), f'is only valid with scope "{needed}"', f"scope: {needed}")
+        if runner.privileged and executor == "shell":
+            yield Problem(_key(f"{at}.privileged"), "has no meaning for the shell executor", "privileged: false")
+        elif runner.privileged and not config.allow_privileged:
+            yield Problem(
+                _key(f"{at}.privileged"),
+                f"is true but {_key('allowPrivileged')} is not set: privileged jobs are root on the host",
+                "allowPrivileged: true (and say why in the stack file)",
+            )
+        if executor == "shell" and runner.image is not None:
+            yield Problem(_key(f"{at}.image"), "has no meaning for the shell executor", "remove it")
+        if runner.job_resources is not None and executor != "kubernetes":
+            yield Problem(_key(f"{at}.jobResources"), "only applies to the kubernetes executor", "remove it")
+        if runner.volumes is not None and executor != "docker":
+            yield Problem(_key(f"{at}.volumes"), "only applies to the docker executor", "remove it")
+
+
+def token_problems(config: StackConfig, context: Context) -> Iterator[Problem]:
+    names = [r.name for r in config.runners or ()] or ["runner"]
+    for unknown in sorted(context.existing_token_names - set(names)):
+        yield Problem(
+            _key(f"runnerTokens.{unknown}"),
+            "names no runner in gitlab-runners:runners",
+            f"one of: {', '.join(sorted(set(names)))}",
+        )
+    for index, runner in enumerate(config.runners or ()):
+        if runner.name not in context.existing_token_names:
+            continue
+        for alias in GITLAB_SIDE:
+            if alias in {type(runner).model_fields[n].alias for n in runner.model_fields_set}:
+                yield Problem(
+                    _key(f"runners[{index}].{alias}"),
+                    f"is an attribute GitLab keeps, but runner {runner.name} brings its own token "
+                    f"(runnerTokens.{runner.name}), so the stack never sets it: set it on the runner in GitLab",
+                    "remove it",
+                )
+    if context.has_gitlab_token and not context.gitlab_token_is_secret:
+        yield Problem(
+            "gitlab:token",
+            "is stored in plain text in the stack file; it is a credential",
+            "pulumi config set --secret gitlab:token  (then paste the glpat- token)",
+        )
+
+
+def other_target_problems(values: dict[str, object]) -> Iterator[Problem]:
+    """The section of the target not chosen: reported once, and its content is not read at all."""
+    target = values.get("target")
+    if target not in EXECUTORS:
+        return
+    for other in EXECUTORS:
+        if other != target and values.get(other) is not None:
+            yield Problem(_key(other), f'is set but target is "{target}"', f"remove {_key(other)}")
+
+
+def target_problems(config: StackConfig) -> Iterator[Problem]:
+    docker = config.docker
+    if docker is not None and docker.prebuilt_image is not None and docker.image is not None:
+        yield Problem(_key("docker.prebuiltImage"), "and docker.image are exclusive", "set only one of them")
+    kubernetes = config.kubernetes
+    if kubernetes is not None:
+        if kubernetes.namespace == "default":
+            yield Problem(
+                _key("kubernetes.namespace"),
+                'must not be "default": runners get a namespace of their own',
+                "namespace: gitlab",
+            )
+        if kubernetes.chart.path is not None and kubernetes.chart.repository is not None:
+            yield Problem(_key("kubernetes.chart.path"), "and chart.repository are exclusive", "set only one of them")
+    if config.target == "kubernetes" and "host_address" in config.metrics.model_fields_set:
+        yield Problem(
+            _key("metrics.hostAddress"),
+            "has no effect on Kubernetes: the chart listens on :<metrics.port> in the pod",
+            "remove it",
+        )
+
+
+def docker_host_problems(config: StackConfig, context: Context) -> Iterator[Problem]:
+    if config.target != "docker":
+        for index, runner in enumerate(config.runners or ()):
+            if runner.hosts is not None:
+                yield Problem(_key(f"runners[{index}].hosts"), "only applies to the docker target", "remove it")
+        return
+    hosts = (config.docker.hosts if config.docker is not None else None) or []
+    names = [h.name for h in hosts] or ["local"]
+    served: set[str] = set()
+    for index, runner in enumerate(config.runners or ()):
+        for position, name in enumerate(runner.hosts or names):
+            served.add(name)
+            if name not in names:
+                yield Problem(
+                    _key(f"runners[{index}].hosts[{position}]"),
+                    f"names no host in {_key('docker.hosts')}",
+                    f"one of: {', '.join(names)}",
+                )
+    if config.runners is None:
+        served.update(names)
+    seen: set[str] = set()
+    for index, host in enumerate(hosts):
+        at = f"docker.hosts[{index}]"
+        if host.name in seen:
+            yield Problem(_key(f"{at}.name"), f'"{host.name}" is used twice', "give each host its own name")
+        seen.add(host.name)
+        if host.name not in served:
+            yield Problem(_key(at), f"(host {host.name}) serves no runner", "list it in a runner's hosts, or remove it")
+        tcp = host.host.startswith("tcp://")
+        has_tls = host.cert_path is not None or host.name in context.docker_tls_names
+        if tcp and not has_tls:
+            yield Problem(
+                _key(f"{at}.host"),
+                "is tcp:// without TLS: anyone who reaches that port is root on the host",
+                f"certPath: ~/.docker/{host.name}  (or the secret {_key('dockerTls')}.{host.name})",
+            )
+        if not tcp and (host.cert_path is not None or host.name in context.docker_tls_names):
+            yield Problem(_key(f"{at}.certPath"), "only applies to a tcp:// host", "remove it")
+        if host.ssh_opts and not host.host.startswith("ssh://"):
+            yield Problem(_key(f"{at}.sshOpts"), "only applies to an ssh:// host", "remove it")
+    for unknown in sorted(context.docker_tls_names - set(names)):
+        yield Problem(
+            _key(f"dockerTls.{unknown}"), "names no host in gitlab-runners:docker.hosts", f"one of: {', '.join(names)}"
+        )
+
+
+def problems(config: StackConfig, context: Context) -> list[Problem]:
+    return [
+        *target_problems(config),
+        *runner_problems(config),
+        *docker_host_problems(config, context),
+        *token_problems(config, context),
+    ]
+
+
+def missing_api_token(config: StackConfig, context: Context) -> Problem | None:
+    names = [r.name for r in config.runners or ()] or ["runner"]
+    to_create = [n for n in names if n not in context.existing_token_names]
+    if not to_create or context.has_gitlab_token:
+        return None
+    return Problem(
+        "gitlab:token",
+        f"is required to create runner(s) {', '.join(to_create)} through the GitLab API but is not set",
+        f"pulumi config set --secret gitlab:token  (then paste a glpat- token with the scopes {TOKEN_SCOPES})",
+    )
+
+
+def warnings(config: StackConfig, concurrent: int) -> list[str]:
+    found = []
+    for index, runner in enumerate(config.runners or ()):
+        if runner.limit > concurrent:
+            found.append(
+                f"{_key(f'runners[{index}].limit')} is {runner.limit} but {_key('concurrent')} is {concurrent}: "
+                f"the runner manager never runs more than {concurrent} jobs at once"
+            )
+    return found

@@ -1,0 +1,136 @@
+"""Reading the stack's config from the engine, and its secrets, which never enter the model.
+
+Secrets are checked for where they are stored (a credential in plain text in a stack file is refused)
+and handed on only as secret Outputs; no message ever echoes one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
+
+import pulumi
+from pulumi.runtime import config as runtime_config
+
+from components.settings.model import PROJECT, StackConfig
+from components.settings.problems import Problem
+
+RUNNER_TOKENS = "runnerTokens"
+DOCKER_TLS = "dockerTls"
+TLS_PARTS = ("caCert", "cert", "key")
+
+
+@dataclass(frozen=True)
+class DockerTls:
+    """PEM material for a tcp:// Docker host, each part a secret Output."""
+
+    ca_cert: pulumi.Output[str]
+    cert: pulumi.Output[str]
+    key: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secret inputs, only ever held as secret Outputs."""
+
+    gitlab_token: pulumi.Output[str] | None
+    gitlab_token_is_secret: bool = True
+    runner_tokens: dict[str, pulumi.Output[str]] = field(default_factory=dict)
+    docker_tls: dict[str, DockerTls] = field(default_factory=dict)
+
+
+def _is_text(annotation: Any) -> bool:
+    """A key whose value is a string: the engine's string is the value itself, not JSON text."""
+    if annotation is str:
+        return True
+    if get_origin(annotation) is Literal:
+        return all(isinstance(a, str) for a in get_args(annotation))
+    if get_origin(annotation) in (Union, UnionType):
+        return all(_is_text(a) or a is type(None) for a in get_args(annotation))
+    # Annotated[str, ...]
+    metadata = getattr(annotation, "__metadata__", None)
+    return metadata is not None and _is_text(get_args(annotation)[0])
+
+
+_TEXT_KEYS = {(f.alias or n) for n, f in StackConfig.model_fields.items() if _is_text(f.annotation)}
+
+
+def decode(name: str, raw: Any) -> Any:
+    """Stack config arrives as strings: structured values, numbers and booleans as JSON text."""
+    if not isinstance(raw, str) or name in _TEXT_KEYS:
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def stack_values() -> dict[str, Any]:
+    """Every `gitlab-runners:*` value the engine (or a test) provided, decoded."""
+    raw: dict[str, Any] = dict(runtime_config.get_config_env() or {})
+    raw.update(runtime_config.CONFIG.get())
+    prefix = f"{PROJECT}:"
+    return {k[len(prefix) :]: decode(k[len(prefix) :], v) for k, v in raw.items() if k.startswith(prefix)}
+
+
+def runner_tokens(values: dict[str, Any], is_secret: bool) -> tuple[dict[str, str], list[Problem]]:
+    """The existing runner tokens (popped from `values`): a secret object of glrt- tokens."""
+    key = f"{PROJECT}:{RUNNER_TOKENS}"
+    example = f"pulumi config set --secret --path '{key}.docker-1'  (then paste the glrt- token)"
+    raw = values.pop(RUNNER_TOKENS, None)
+    if raw is None:
+        return {}, []
+    if not is_secret:
+        # Never echo the value: it is a credential stored in plain text.
+        return {}, [Problem(key, "must be stored as a secret (it holds runner tokens)", example)]
+    if not isinstance(raw, dict):
+        return {}, [Problem(key, "must be an object mapping runner names to tokens", example)]
+    problems = [
+        Problem(f"{key}.{name}", "must be a runner authentication token starting with glrt-", example)
+        for name, token in raw.items()
+        if not (isinstance(token, str) and token.startswith("glrt-") and len(token) > 10)
+    ]
+    return {str(k): str(v) for k, v in raw.items()}, problems
+
+
+def docker_tls(values: dict[str, Any], is_secret: bool) -> tuple[dict[str, dict[str, str]], list[Problem]]:
+    """TLS material of tcp:// Docker hosts (popped from `values`): a secret object host -> PEM parts."""
+    key = f"{PROJECT}:{DOCKER_TLS}"
+    example = f"pulumi config set --secret --path '{key}.build-1.key' < key.pem  (likewise caCert and cert)"
+    raw = values.pop(DOCKER_TLS, None)
+    if raw is None:
+        return {}, []
+    if not is_secret:
+        return {}, [Problem(key, "must be stored as a secret (it holds private keys)", example)]
+    if not isinstance(raw, dict):
+        return {}, [Problem(key, "must be an object mapping Docker host names to {caCert, cert, key}", example)]
+    found: dict[str, dict[str, str]] = {}
+    problems = []
+    for host, parts in raw.items():
+        if not isinstance(parts, dict) or set(parts) != set(TLS_PARTS):
+            problems.append(Problem(f"{key}.{host}", "must hold exactly caCert, cert and key", example))
+            continue
+        bad = [p for p in TLS_PARTS if not (isinstance(parts[p], str) and "-----BEGIN" in parts[p])]
+        if bad:
+            problems.append(Problem(f"{key}.{host}.{bad[0]}", "must be PEM text (-----BEGIN ...)", example))
+            continue
+        found[str(host)] = {p: str(parts[p]) for p in TLS_PARTS}
+    return found, problems
+
+
+def read_secrets(values: dict[str, Any]) -> tuple[Secrets, list[Problem]]:
+    """Take the secrets out of `values` (they never reach the model) and check how they are stored."""
+    tokens, problems = runner_tokens(values, runtime_config.is_config_secret(f"{PROJECT}:{RUNNER_TOKENS}"))
+    tls, tls_problems = docker_tls(values, runtime_config.is_config_secret(f"{PROJECT}:{DOCKER_TLS}"))
+    gitlab_token = pulumi.Config("gitlab").get_secret("token")
+    secrets = Secrets(
+        gitlab_token=gitlab_token,
+        gitlab_token_is_secret=runtime_config.is_config_secret("gitlab:token"),
+        runner_tokens={name: pulumi.Output.secret(token) for name, token in tokens.items()},
+        docker_tls={
+            host: DockerTls(*(pulumi.Output.secret(parts[p]) for p in TLS_PARTS)) for host, parts in tls.items()
+        },
+    )
+    return secrets, problems + tls_problems

@@ -1,0 +1,88 @@
+"""The real Docker engine for the Docker-target tests: started by scripts/docker-engine, a base image
+from scripts/runner-base-image (holding the runner stand-in, a test double), and `docker` CLI helpers.
+
+Where a part is missing the tests skip and say which; under scripts/test with the docker provider
+built (GITLAB_RUNNERS_REQUIRE_DOCKER=1) they fail instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def missing(message: str) -> None:
+    if os.environ.get("GITLAB_RUNNERS_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"required for the Docker target tests: {message}")
+    pytest.skip(f"Docker target tests skipped: {message}")
+
+
+def docker_provider_or_skip() -> None:
+    plugin = os.environ.get("GITLAB_RUNNERS_DOCKER_PROVIDER")
+    if not plugin or not Path(plugin).exists():
+        missing(
+            "the docker provider plugin was not built (scripts/docker-provider needs the pulumi-docker "
+            "source; README, 'The docker provider offline')"
+        )
+
+
+@dataclass(frozen=True)
+class Engine:
+    host: str
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", "-H", self.host, *args], capture_output=True, text=True, check=check, timeout=timeout
+        )
+
+    def inspect(self, kind: str, name: str) -> dict[str, Any] | None:
+        done = self.run(kind, "inspect", name, check=False)
+        if done.returncode != 0:
+            return None
+        found: list[dict[str, Any]] = json.loads(done.stdout)
+        return found[0]
+
+    def exists(self, kind: str, name: str) -> bool:
+        return self.inspect(kind, name) is not None
+
+    def names(self, kind: str) -> set[str]:
+        if kind == "container":
+            return set(self.run("ps", "-a", "--format", "{{.Names}}").stdout.split())
+        return set(self.run(kind, "ls", "--format", "{{.Name}}").stdout.split())
+
+
+def start_engine() -> Engine:
+    done = subprocess.run([str(ROOT / "scripts" / "docker-engine")], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        missing(f"no Docker engine: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+    return Engine(done.stdout.strip())
+
+
+def base_image(engine: Engine) -> str:
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "runner-base-image"), engine.host], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        missing(f"the runner base image could not be built: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip()
+
+
+def wait_for(what: str, check: Callable[[], Any], seconds: float = 90, every: float = 0.5) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(every)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")

@@ -1,0 +1,335 @@
+"""The Docker target end to end, for real: the Pulumi engine on a file backend, the docker provider
+built from its source, a real Docker engine, the GitLab API double on 127.0.0.1 and the runner stand-in
+(a test double of gitlab-runner) in a base image laid out like the official one.
+
+The tests run in file order against one deployed stack (module fixtures); the last one destroys it,
+and the fixture destroys whatever is left even when a test failed.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from pulumi import automation as auto
+
+from tests.gitlab_double.server import GitLabDouble, Runner, serve
+from tests.integration.conftest import PROJECT_DIRS, PROJECT_FILES, ROOT, Project, copy_project
+from tests.integration.docker_engine import Engine, base_image, docker_provider_or_skip, start_engine, wait_for
+from tests.integration.local_cluster import free_port
+
+API_TOKEN = "glpat-" + secrets.token_hex(10)
+
+
+@dataclass
+class Deployment:
+    project: Project
+    stack: auto.Stack
+    engine: Engine
+    gitlab: GitLabDouble
+    prefix: str
+    tokens: dict[str, str]
+    runners: dict[str, Runner]
+    repository: str
+    metrics_port: int
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def docker_container(self) -> str:
+        return f"{self.prefix}-docker"
+
+    @property
+    def shell_container(self) -> str:
+        return f"{self.prefix}-shell"
+
+    def runners_config(self) -> list[dict[str, Any]]:
+        runners: list[dict[str, Any]] = json.loads(self.stack.get_config("gitlab-runners:runners").value)
+        return runners
+
+    def set_runners(self, runners: list[dict[str, Any]]) -> None:
+        self.stack.set_config("gitlab-runners:runners", auto.ConfigValue(json.dumps(runners)))
+
+    def docker_settings(self) -> dict[str, Any]:
+        docker: dict[str, Any] = json.loads(self.stack.get_config("gitlab-runners:docker").value)
+        return docker
+
+    def set_docker(self, docker: dict[str, Any]) -> None:
+        self.stack.set_config("gitlab-runners:docker", auto.ConfigValue(json.dumps(docker)))
+
+    def up(self, **kwargs: Any) -> auto.UpResult:
+        result = self.stack.up(color="never", **kwargs)
+        self.outputs.append(result.stdout + result.stderr)
+        return result
+
+    def config_toml(self, container: str) -> str:
+        return self.engine.run("exec", container, "cat", "/etc/gitlab-runner/config.toml").stdout
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    docker_provider_or_skip()
+    return start_engine()
+
+
+@pytest.fixture(scope="module")
+def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    base = base_image(engine)
+    work = tmp_path_factory.mktemp("docker-target")
+    project_dir = work / "project"
+    copy_project(ROOT, PROJECT_FILES, PROJECT_DIRS, project_dir)
+    (project_dir / ".venv").symlink_to(ROOT / ".venv")
+    (work / "state").mkdir()
+    project = Project(
+        project_dir,
+        {
+            "PULUMI_BACKEND_URL": f"file://{work / 'state'}",
+            "PULUMI_CONFIG_PASSPHRASE": secrets.token_hex(16),
+            "PULUMI_SKIP_UPDATE_CHECK": "true",
+            "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        },
+    )
+    suffix = secrets.token_hex(3)
+    prefix = f"gr-e2e-{suffix}"
+    # Something on the host that is not the stack's, which destroy must leave alone.
+    bystander = f"bystander-{suffix}"
+    engine.run("volume", "create", bystander)
+    engine.run("run", "-d", "--name", bystander, "--entrypoint", "sleep", base, "3600")
+    with serve(API_TOKEN) as gitlab:
+        created = {name: gitlab.create_runner(description=name) for name in ("e2e-docker", "e2e-shell")}
+        tokens = {name: runner.token for name, runner in created.items()}
+        stack = auto.create_or_select_stack(
+            stack_name="e2e", work_dir=str(project_dir), opts=auto.LocalWorkspaceOptions(env_vars=project.env)
+        )
+        metrics_port = free_port()
+        stack.set_all_config(
+            {
+                "gitlab-runners:target": auto.ConfigValue("docker"),
+                "gitlab-runners:gitlabUrl": auto.ConfigValue(gitlab.base_url),
+                "gitlab-runners:checkInterval": auto.ConfigValue("1"),
+                "gitlab-runners:metrics": auto.ConfigValue(json.dumps({"port": metrics_port})),
+                "gitlab-runners:runnerTokens": auto.ConfigValue(json.dumps(tokens), secret=True),
+            }
+        )
+        repository = f"gitlab-runners/e2e-{suffix}"
+        deployed = Deployment(project, stack, engine, gitlab, prefix, tokens, created, repository, metrics_port)
+        deployed.set_docker(
+            {
+                # host networking: the runners reach the API double on this machine's 127.0.0.1.
+                "hosts": [{"name": "local", "host": engine.host, "networkMode": "host"}],
+                "containerName": prefix,
+                "image": {"flavor": "ubuntu", "baseImage": base, "extraPackages": ["jq"], "repository": repository},
+                "stopTimeout": 120,
+            }
+        )
+        deployed.set_runners(
+            [{"name": "e2e-docker", "executor": "docker", "limit": 2}, {"name": "e2e-shell", "executor": "shell"}]
+        )
+        try:
+            yield deployed
+        finally:
+            stack.destroy(color="never")
+            stack.workspace.remove_stack("e2e")
+            for container in (f"{prefix}-docker", f"{prefix}-shell", f"{prefix}-docker-sync", f"{prefix}-shell-sync"):
+                engine.run("rm", "-f", container, check=False)
+            engine.run("rm", "-f", bystander, check=False)
+            engine.run(
+                "volume", "rm", "-f", bystander, f"{prefix}-docker-config", f"{prefix}-shell-config", check=False
+            )
+            engine.run("image", "rm", "-f", f"{repository}:ubuntu-v18.5.0", check=False)
+
+
+def health(engine: Engine, container: str) -> str | None:
+    inspected = engine.inspect("container", container) or {}
+    status: str | None = inspected.get("State", {}).get("Health", {}).get("Status")
+    return status
+
+
+def is_healthy(engine: Engine, container: str) -> bool:
+    inspected = engine.inspect("container", container) or {}
+    return bool(inspected.get("State", {}).get("Health", {}).get("Status") == "healthy")
+
+
+def polled_since(gitlab: GitLabDouble, token: str, since: float) -> bool:
+    with gitlab.lock:
+        return any(p.token == token and p.at.timestamp() >= since for p in gitlab.polls)
+
+
+def test_up_builds_the_image_and_each_runner_polls_with_its_own_token(deployment: Deployment) -> None:
+    d = deployment
+    started = time.time()
+    up = d.up()
+    assert up.summary.result == "succeeded"
+    # Time from `pulumi up` to each runner's first poll: printed, not asserted (see scripts/bench).
+    for name, token in d.tokens.items():
+
+        def first_poll(token: str = token) -> Any:
+            return d.gitlab.first_poll(token)
+
+        first = wait_for(f"{name} to poll", first_poll, seconds=60)
+        print(f"first poll of {name}: {first.timestamp() - started:.1f} s after the start of pulumi up")
+    # The image: built from images/runner/Dockerfile on the stand-in base, jq installed.
+    image = d.engine.inspect("image", f"{d.repository}:ubuntu-v18.5.0")
+    assert image is not None
+    assert image["Config"]["Labels"]["org.opencontainers.image.version"] == "18.5.0"
+    assert d.engine.run("run", "--rm", "--entrypoint", "jq", f"{d.repository}:ubuntu-v18.5.0", "--version").stdout
+    # One container per executor kind; the Docker socket only where the docker executor runs.
+    docker_runner = d.engine.inspect("container", d.docker_container)
+    shell_runner = d.engine.inspect("container", d.shell_container)
+    assert docker_runner is not None and shell_runner is not None
+    assert docker_runner["State"]["Running"] and shell_runner["State"]["Running"]
+    docker_mounts = {m["Destination"]: m for m in docker_runner["Mounts"]}
+    shell_mounts = {m["Destination"]: m for m in shell_runner["Mounts"]}
+    assert "/var/run/docker.sock" in docker_mounts and "/var/run/docker.sock" not in shell_mounts
+    assert docker_mounts["/etc/gitlab-runner"]["Name"] == f"{d.docker_container}-config"
+    assert docker_runner["Config"]["StopSignal"] == "SIGQUIT"
+    assert docker_runner["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert docker_runner["HostConfig"]["Privileged"] is False
+    # Each runner polls with its own token, from its own container (own system id).
+    assert d.gitlab.tokens_that_polled() >= set(d.tokens.values())
+    with d.gitlab.lock:
+        systems = {p.token: p.system_id for p in d.gitlab.polls}
+    assert systems[d.tokens["e2e-docker"]] != systems[d.tokens["e2e-shell"]]
+    # The containers become healthy: the health check sees answered job requests.
+    for container in (d.docker_container, d.shell_container):
+        wait_for(f"{container} healthy", functools.partial(is_healthy, d.engine, container))
+
+
+def test_a_shell_job_runs_and_succeeds(deployment: Deployment) -> None:
+    d = deployment
+    marker = f"marker-{secrets.token_hex(4)}"
+    job = d.gitlab.enqueue_job(d.tokens["e2e-shell"], [f"echo {marker}", "id -un", "jq --version"])
+    wait_for("the shell job to finish", lambda: job.state in ("success", "failed"), seconds=60)
+    trace = bytes(job.trace).decode()
+    assert job.state == "success", trace
+    assert marker in trace and "gitlab-runner" in trace  # run as the unprivileged user
+    assert "jq-1.6" in trace  # the extra package is in the image
+
+
+def test_a_second_up_changes_nothing(deployment: Deployment) -> None:
+    d = deployment
+    preview = d.stack.preview(color="never", expect_no_changes=True)
+    assert preview.change_summary.get(auto.OpType.SAME)
+    up = d.up(expect_no_changes=True)
+    assert set(up.summary.resource_changes or {}) == {"same"}
+
+
+def test_a_settings_change_reaches_the_running_runner_without_replacing_it(deployment: Deployment) -> None:
+    d = deployment
+    ids = {c: d.engine.inspect("container", c)["Id"] for c in (d.docker_container, d.shell_container)}  # type: ignore[index]
+    # A job in flight on the shell runner must not be interrupted.
+    job = d.gitlab.enqueue_job(d.tokens["e2e-shell"], ["sleep 8", "echo still-here"])
+    wait_for("the long job to start", lambda: job.state == "running", seconds=30)
+    runners = d.runners_config()
+    runners[0]["limit"] = 3
+    runners[1]["limit"] = 1
+    d.set_runners(runners)
+    d.stack.set_config("gitlab-runners:checkInterval", auto.ConfigValue("2"))
+    up = d.up()
+    assert up.summary.result == "succeeded"
+    changes: dict[str, int] = dict(up.summary.resource_changes or {})  # type: ignore[arg-type]
+    assert "delete" not in changes and changes.get("replace", 0) == 2, changes  # the two sync containers
+    for container, container_id in ids.items():
+        assert d.engine.inspect("container", container)["Id"] == container_id  # type: ignore[index]
+    assert "limit = 3" in d.config_toml(d.docker_container)
+    assert "check_interval = 2" in d.config_toml(d.shell_container)
+    wait_for("the long job to finish", lambda: job.state in ("success", "failed"), seconds=60)
+    assert job.state == "success" and "still-here" in bytes(job.trace).decode()
+    # The runner reloaded: still polling with the same token after the change.
+    since = time.time()
+    wait_for("a poll after the reload", lambda: polled_since(d.gitlab, d.tokens["e2e-shell"], since), seconds=30)
+
+
+def test_a_killed_runner_is_restarted_and_polls_again(deployment: Deployment) -> None:
+    d = deployment
+    before = d.engine.inspect("container", d.shell_container)
+    assert before is not None
+    subprocess.run(["kill", "-9", str(before["State"]["Pid"])], check=True)
+
+    def restarted() -> bool:
+        restarts = int((d.engine.inspect("container", d.shell_container) or {}).get("RestartCount", 0))
+        return restarts > int(before["RestartCount"])
+
+    wait_for("docker to restart the runner", restarted, seconds=60)
+    since = time.time()
+    wait_for("a poll after the restart", lambda: polled_since(d.gitlab, d.tokens["e2e-shell"], since), seconds=60)
+
+
+def test_a_new_image_waits_for_the_running_job_then_takes_over(deployment: Deployment) -> None:
+    d = deployment
+    old_id = d.engine.inspect("container", d.shell_container)["Id"]  # type: ignore[index]
+    job = d.gitlab.enqueue_job(d.tokens["e2e-shell"], ["sleep 10", "echo finished-before-replacement"])
+    wait_for("the job to start", lambda: job.state == "running", seconds=30)
+    docker = d.docker_settings()
+    docker["image"]["extraPackages"] = []  # a different image: the runner containers are replaced
+    d.set_docker(docker)
+    up = d.up()
+    assert up.summary.result == "succeeded"
+    assert job.state == "success", bytes(job.trace).decode()
+    assert "finished-before-replacement" in bytes(job.trace).decode()
+    new = d.engine.inspect("container", d.shell_container)
+    assert new is not None and new["Id"] != old_id and new["State"]["Running"]
+    since = time.time()
+    wait_for("the new container to poll", lambda: polled_since(d.gitlab, d.tokens["e2e-shell"], since), seconds=60)
+
+
+def test_no_token_in_outputs_state_inspect_history_or_engine_output(deployment: Deployment) -> None:
+    d = deployment
+    tokens = list(d.tokens.values())
+    outputs = json.dumps({k: v.value for k, v in d.stack.outputs().items()})
+    exported = subprocess.run(
+        ["pulumi", "stack", "export", "--stack", "e2e", "--cwd", str(d.project.dir)],
+        env={**os.environ, **d.project.env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    inspected = d.engine.run(
+        "inspect", d.docker_container, d.shell_container, f"{d.docker_container}-sync", f"{d.shell_container}-sync"
+    ).stdout
+    history = d.engine.run("history", "--no-trunc", f"{d.repository}:ubuntu-v18.5.0").stdout
+    image = d.engine.run("image", "inspect", f"{d.repository}:ubuntu-v18.5.0").stdout
+    logs = "".join(
+        d.engine.run("logs", c).stdout + d.engine.run("logs", c).stderr
+        for c in (d.docker_container, d.shell_container, f"{d.docker_container}-sync", f"{d.shell_container}-sync")
+    )
+    for token in tokens:
+        encoded = base64.b64encode(token.encode()).decode()
+        for place, text in (
+            ("outputs", outputs),
+            ("stack export", exported),
+            ("docker inspect", inspected),
+            ("docker history", history),
+            ("image inspect", image),
+            ("container logs", logs),
+            ("engine output", "".join(d.outputs)),
+        ):
+            assert token not in text and encoded not in text, place
+    # The staged copy is gone from the exited sync containers; the tokens live in the volumes only.
+    for sync in (f"{d.docker_container}-sync", f"{d.shell_container}-sync"):
+        copied = d.engine.run("cp", f"{sync}:/gitlab-runners/config.toml", "-", check=False)
+        assert copied.returncode != 0, sync
+    assert "ciphertext" in exported
+
+
+def test_destroy_removes_what_the_stack_created_and_nothing_else(deployment: Deployment) -> None:
+    d = deployment
+    result = d.stack.destroy(color="never")
+    assert result.summary.result == "succeeded"
+    containers = d.engine.names("container")
+    volumes = d.engine.names("volume")
+    for name in (d.docker_container, d.shell_container, f"{d.docker_container}-sync", f"{d.shell_container}-sync"):
+        assert name not in containers
+    assert f"{d.docker_container}-config" not in volumes and f"{d.shell_container}-config" not in volumes
+    suffix = d.prefix.rsplit("-", 1)[1]
+    assert f"bystander-{suffix}" in containers and f"bystander-{suffix}" in volumes
+    # The built image stays, as an image built by hand does (README: "What destroy leaves").
+    assert d.engine.exists("image", f"{d.repository}:ubuntu-v18.5.0")

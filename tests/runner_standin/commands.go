@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// list prints the configured runners as the real `gitlab-runner list` does: with their tokens.
+func list(opts map[string]string) error {
+	path := configPath(opts)
+	config, _, err := loadConfig(path)
+	if err != nil {
+		// The real command logs the error and still exits 0.
+		logf("ERROR", "%v", err)
+		return nil
+	}
+	logf("Runtime platform", "arch=amd64 os=linux version=%s", version)
+	logf("Listing configured runners", "ConfigFile=%s", path)
+	for _, runner := range config.Runners {
+		logf(runner.Name, "Executor=%s Token=%s URL=%s", runner.Executor, runner.Token, runner.URL)
+	}
+	return nil
+}
+
+// register, with a runner authentication token, verifies it and appends the runner's credentials to
+// the config file, as the real register does for glrt- tokens. It creates nothing in GitLab.
+func register(opts map[string]string) error {
+	path := configPath(opts)
+	token := opts["token"]
+	if token == "" {
+		token = os.Getenv("CI_SERVER_TOKEN")
+	}
+	serverURL := opts["url"]
+	if serverURL == "" {
+		serverURL = os.Getenv("CI_SERVER_URL")
+	}
+	name := opts["name"]
+	if name == "" {
+		name = os.Getenv("RUNNER_NAME")
+	}
+	executor := opts["executor"]
+	if executor == "" {
+		executor = os.Getenv("RUNNER_EXECUTOR")
+	}
+	switch {
+	case opts["non-interactive"] == "" && os.Getenv("REGISTER_NON_INTERACTIVE") != "true":
+		return fmt.Errorf("register: this stand-in only registers non-interactively")
+	case !strings.HasPrefix(token, "glrt-"):
+		return fmt.Errorf("register: only runner authentication tokens (glrt-) are supported")
+	case serverURL == "" || name == "" || executor == "":
+		return fmt.Errorf("register: url, name and executor are required")
+	}
+	id, err := systemID(path)
+	if err != nil {
+		return err
+	}
+	api, err := newClient(RunnerConfig{Name: name, URL: serverURL}, path, id, nil)
+	if err != nil {
+		return err
+	}
+	verified, status, err := api.verify(token)
+	if err != nil {
+		return err
+	}
+	if verified == nil {
+		logf("ERROR", "Verifying runner... is not valid (status %d)", status)
+		return fmt.Errorf("Failed to verify the runner.")
+	}
+	logf("INFO", "Verifying runner... is valid runner=%s", shortToken(token))
+	document := map[string]any{}
+	if _, err := os.Stat(path); err == nil {
+		if _, err := toml.DecodeFile(path, &document); err != nil {
+			return err
+		}
+	} else {
+		document["concurrent"] = 1
+		document["check_interval"] = 0
+	}
+	runners, _ := document["runners"].([]map[string]any)
+	runners = append(runners, map[string]any{
+		"name":              name,
+		"url":               serverURL,
+		"id":                verified.ID,
+		"token":             token,
+		"token_obtained_at": time.Now().UTC().Truncate(time.Second),
+		"token_expires_at":  verified.TokenExpiresAt,
+		"executor":          executor,
+	})
+	document["runners"] = runners
+	var out bytes.Buffer
+	if err := toml.NewEncoder(&out).Encode(document); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, out.Bytes(), 0o600); err != nil {
+		return err
+	}
+	logf("INFO", "Runner registered successfully. Config saved at %q", path)
+	return nil
+}

@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+)
+
+const reloadConfigInterval = 3 * time.Second // common/consts.go
+const tokenResetIntervalFactor = 0.75        // common/consts.go
+
+type manager struct {
+	path     string
+	opts     map[string]string
+	systemID string
+	metrics  *metrics
+
+	mu         sync.Mutex
+	config     *Config
+	modTime    time.Time
+	running    map[string]int
+	total      int
+	lastUpdate map[string]string
+
+	stopping bool
+	jobs     sync.WaitGroup
+	abort    context.Context
+	cancel   context.CancelFunc
+}
+
+func run(opts map[string]string) error {
+	path := configPath(opts)
+	config, modTime, err := loadConfig(path)
+	if err != nil {
+		return fmt.Errorf("loading config file: %w", err)
+	}
+	id, err := systemID(path)
+	if err != nil {
+		return err
+	}
+	abort, cancel := context.WithCancel(context.Background())
+	m := &manager{
+		path: path, opts: opts, systemID: id, metrics: newMetrics(),
+		config: config, modTime: modTime, running: map[string]int{}, lastUpdate: map[string]string{},
+		abort: abort, cancel: cancel,
+	}
+	m.metrics.add("gitlab_runner_configuration_loaded_total", 1)
+	address := opts["listen-address"]
+	if address == "" {
+		address = config.ListenAddress
+	}
+	if address != "" {
+		if err := m.metrics.serve(address); err != nil {
+			return err
+		}
+	}
+	logf("INFO", "Starting multi-runner from %s... builds=0 max_builds=%d system_id=%s", path, config.Concurrent, id)
+
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGINT)
+	go m.reloadLoop()
+	go m.rotateLoop()
+	done := make(chan struct{})
+	go func() { m.feedLoop(); close(done) }()
+
+	sig := <-signals
+	m.mu.Lock()
+	m.stopping = true
+	shutdown := time.Duration(m.config.ShutdownTimeout) * time.Second
+	m.mu.Unlock()
+	if shutdown <= 0 {
+		shutdown = 30 * time.Second
+	}
+	<-done
+	if sig == syscall.SIGQUIT {
+		// Graceful: no new jobs; the running ones finish (a second signal forces it).
+		logf("WARNING", "Starting graceful shutdown, waiting for builds to finish")
+		finished := make(chan struct{})
+		go func() { m.jobs.Wait(); close(finished) }()
+		select {
+		case <-finished:
+		case <-signals:
+			m.cancel()
+			m.waitFor(shutdown)
+		}
+		logf("INFO", "All workers stopped. Can exit now")
+		return nil
+	}
+	logf("WARNING", "Starting forceful shutdown")
+	m.cancel()
+	m.waitFor(shutdown)
+	return nil
+}
+
+func (m *manager) waitFor(timeout time.Duration) {
+	finished := make(chan struct{})
+	go func() { m.jobs.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(timeout):
+		logf("WARNING", "Forced shutdown timed out")
+	}
+}
+
+func (m *manager) snapshot() (*Config, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.config, m.stopping
+}
+
+// reloadLoop re-reads config.toml when its modification time changes; a file that does not load
+// leaves the last good configuration in place.
+func (m *manager) reloadLoop() {
+	for {
+		time.Sleep(reloadConfigInterval)
+		if _, stopping := m.snapshot(); stopping {
+			return
+		}
+		m.reload()
+	}
+}
+
+func (m *manager) reload() {
+	info, err := os.Stat(m.path)
+	if err != nil {
+		return
+	}
+	m.mu.Lock()
+	unchanged := info.ModTime().Equal(m.modTime)
+	m.mu.Unlock()
+	if unchanged {
+		return
+	}
+	config, modTime, err := loadConfig(m.path)
+	if err != nil {
+		m.metrics.add("gitlab_runner_configuration_loading_error_total", 1)
+		logf("ERROR", "Failed to load config: %v", err)
+		m.mu.Lock()
+		m.modTime = info.ModTime()
+		m.mu.Unlock()
+		return
+	}
+	m.mu.Lock()
+	m.config, m.modTime = config, modTime
+	m.mu.Unlock()
+	m.metrics.add("gitlab_runner_configuration_loaded_total", 1)
+	logf("INFO", "Configuration loaded builds=%d runners=%d", m.busy(), len(config.Runners))
+}
+
+func (m *manager) busy() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.total
+}
+
+// rotateLoop resets a token at 75% of its lifetime, when config.toml says when it expires.
+func (m *manager) rotateLoop() {
+	for {
+		time.Sleep(time.Second)
+		config, stopping := m.snapshot()
+		if stopping {
+			return
+		}
+		for _, runner := range config.Runners {
+			if runner.TokenExpiresAt.IsZero() {
+				continue
+			}
+			lifetime := runner.TokenExpiresAt.Sub(runner.TokenObtainedAt)
+			resetAt := runner.TokenObtainedAt.Add(time.Duration(tokenResetIntervalFactor * float64(lifetime)))
+			if time.Now().Before(resetAt) {
+				continue
+			}
+			api, err := newClient(runner, m.path, m.systemID, m.metrics)
+			if err != nil {
+				logf("ERROR", "%v", err)
+				continue
+			}
+			reset, err := api.resetToken(runner.Token)
+			if err != nil {
+				logf("ERROR", "Resetting runner authentication token... failed runner=%s: %v", shortToken(runner.Token), err)
+				continue
+			}
+			logf("INFO", "Resetting runner authentication token... succeeded runner=%s", shortToken(runner.Token))
+			if err := saveCredentials(m.path, runner.Token, reset.Token, time.Now().UTC(), reset.TokenExpiresAt); err != nil {
+				logf("ERROR", "Failed to save config: %v", err)
+				continue
+			}
+			m.reload()
+		}
+	}
+}
+
+func (m *manager) feedLoop() {
+	for {
+		config, stopping := m.snapshot()
+		if stopping {
+			return
+		}
+		for _, runner := range config.Runners {
+			if m.claim(config, runner) {
+				m.requestJob(config, runner)
+			}
+		}
+		interval := time.Duration(config.CheckInterval) * time.Second
+		if interval <= 0 {
+			interval = 3 * time.Second
+		}
+		time.Sleep(interval)
+	}
+}
+
+// claim reserves a job slot for runner under `concurrent` and its `limit`; requestJob frees it when
+// no job comes.
+func (m *manager) claim(config *Config, runner RunnerConfig) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	concurrent := config.Concurrent
+	if concurrent <= 0 {
+		concurrent = 1
+	}
+	if m.total >= concurrent || (runner.Limit > 0 && m.running[runner.Name] >= runner.Limit) {
+		return false
+	}
+	m.total++
+	m.running[runner.Name]++
+	return true
+}
+
+func (m *manager) release(runner RunnerConfig) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.total--
+	m.running[runner.Name]--
+}
+
+func (m *manager) requestJob(config *Config, runner RunnerConfig) {
+	api, err := newClient(runner, m.path, m.systemID, m.metrics)
+	if err != nil {
+		logf("ERROR", "%v", err)
+		m.release(runner)
+		return
+	}
+	m.mu.Lock()
+	lastUpdate := m.lastUpdate[runner.Token]
+	m.mu.Unlock()
+	answer, err := api.postJSON("jobs/request", runner.Token, map[string]any{
+		"info":        runnerInfo(runner.Executor),
+		"token":       runner.Token,
+		"system_id":   m.systemID,
+		"last_update": lastUpdate,
+	}, "request_job")
+	if err != nil {
+		logf("WARNING", "Checking for jobs... failed runner=%s: %v", shortToken(runner.Token), err)
+		m.release(runner)
+		return
+	}
+	switch answer.status {
+	case http.StatusCreated:
+		var job jobPayload
+		if err := json.Unmarshal(answer.body, &job); err != nil {
+			logf("ERROR", "Checking for jobs... invalid job payload: %v", err)
+			m.release(runner)
+			return
+		}
+		logf("INFO", "Checking for jobs... received job=%d runner=%s", job.ID, shortToken(runner.Token))
+		m.jobs.Add(1)
+		go func() {
+			defer m.jobs.Done()
+			defer m.release(runner)
+			m.process(api, config, runner, &job)
+		}()
+	case http.StatusNoContent:
+		m.mu.Lock()
+		m.lastUpdate[runner.Token] = answer.header.Get("X-GitLab-Last-Update")
+		m.mu.Unlock()
+		m.release(runner)
+	case http.StatusForbidden:
+		logf("ERROR", "Checking for jobs... forbidden runner=%s", shortToken(runner.Token))
+		m.release(runner)
+	default:
+		logf("WARNING", "Checking for jobs... failed runner=%s status=%d", shortToken(runner.Token), answer.status)
+		m.release(runner)
+	}
+}
