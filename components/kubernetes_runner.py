@@ -128,20 +128,17 @@ class KubernetesRunner(pulumi.ComponentResource):
         settings = args.settings
         labels = {"app.kubernetes.io/managed-by": "pulumi", "app.kubernetes.io/part-of": "gitlab-runners"}
 
-        namespace: kubernetes.core.v1.Namespace
         if settings.create_namespace:
             namespace = kubernetes.core.v1.Namespace(
                 f"{name}-namespace",
                 metadata=kubernetes.meta.v1.ObjectMetaArgs(name=settings.namespace, labels=labels),
                 opts=pulumi.ResourceOptions(parent=self),
             )
+            self.namespace = namespace.metadata.name
         else:
-            # Read, not managed: the namespace must exist, and destroy never deletes it (GitLab itself
-            # often lives there).
-            namespace = kubernetes.core.v1.Namespace.get(
-                f"{name}-namespace", settings.namespace, opts=pulumi.ResourceOptions(parent=self)
-            )
-        self.namespace = namespace.metadata.name
+            # Not a resource of the stack: the namespace must exist (GitLab itself often lives there),
+            # and destroy never deletes it.
+            self.namespace = pulumi.Output.from_input(settings.namespace)
         self.release_names = {}
         for runner in args.runners:
             token = args.tokens[runner.name]

@@ -38,4 +38,7 @@ def kubernetes_provider(kubernetes_settings: KubernetesTarget) -> kubernetes.Pro
         context=kubernetes_settings.context,
         # Objects without a namespace land in the runners' namespace, never in the kubeconfig's.
         namespace=kubernetes_settings.namespace,
+        # A new token updates the runner's Secret in place (the pods then roll onto it); by default
+        # the provider would delete and re-create it, leaving the pods without it for a moment.
+        enable_secret_mutable=True,
     )

@@ -8,40 +8,59 @@ file says so (`gitlab-runners:allowPrivileged: true` -> container label
 `io.gitlab-runners.allow-privileged=true` / chart pod annotation `gitlab-runners.io/allow-privileged`;
 `kubernetes.rbac.clusterWideAccess: true` -> pod annotation `gitlab-runners.io/allow-cluster-wide-rbac`).
 
-A limit of the policy SDK: a validator receives secret values already decrypted, without their
-secret mark. So the token policy allows tokens only in the few inputs the program always sends as
-secrets (config.toml uploads, Secret data, provider tokens); the tests in tests/unit prove those are
-secret.
+A Docker runner container does not carry its config.toml itself: a one-shot "config sync" container
+uploads it and installs it into a volume both mount at /etc/gitlab-runner (components/docker_runner.py).
+So the policies that read a container's config.toml see the whole stack (stack policies): a
+container's config is its own uploaded config.toml, else the one uploaded by a container of the same
+Docker host that mounts the same volume at /etc/gitlab-runner. Older programs upload config.toml
+straight into the runner container; that still works.
+
+Two limits of the policy SDK:
+- a validator receives secret values already decrypted, without their secret mark. So the token
+  policy allows tokens only in the few inputs the program always sends as secrets (container uploads,
+  Secret data, provider tokens); the tests in tests/unit prove those are secret;
+- during a preview a value can be unknown (a config.toml rendered from tokens not created yet);
+  reading it raises UnknownValueError, which the SDK reports as "can't run policy during preview".
+  A stack policy still checks every other resource first (`_each`), so one unknown value does not
+  hide the violations of the rest of the stack.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from pulumi_policy import (
     EnforcementLevel,
+    Policy,
     ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
+from pulumi_policy.proxy import UnknownValueError
 
 CONTAINER = "docker:index/container:Container"
 IMAGE = "docker:index/image:Image"
 RELEASE = "kubernetes:helm.sh/v3:Release"
 SECRET_TYPE = "kubernetes:core/v1:Secret"  # noqa: S105 - a resource type, not a credential
-CLUSTER_RBAC = (
-    "kubernetes:rbac.authorization.k8s.io/v1:ClusterRole",
-    "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding",
-)
+ROLE = "kubernetes:rbac.authorization.k8s.io/v1:Role"
+CLUSTER_ROLE = "kubernetes:rbac.authorization.k8s.io/v1:ClusterRole"
+CLUSTER_RBAC = (CLUSTER_ROLE, "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding")
 ALLOW_PRIVILEGED_LABEL = "io.gitlab-runners.allow-privileged"
 ALLOW_PRIVILEGED_ANNOTATION = "gitlab-runners.io/allow-privileged"
 ALLOW_CLUSTER_RBAC_ANNOTATION = "gitlab-runners.io/allow-cluster-wide-rbac"
+CONFIG_DIR = "/etc/gitlab-runner"
 DOCKER_SOCKET = re.compile(r"(^|/)(docker|podman)\.sock$")
 TOKEN = re.compile(r"(glrt-|glpat-|GR1348941)[A-Za-z0-9_-]{8,}")
 EXACT_VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?")
+RBAC_FIELDS = ("apiGroups", "resources", "verbs")
+# What the gitlab-runner chart puts in a field of an rbac.rules entry that is missing or empty.
+CHART_RULE_DEFAULTS: dict[str, list[str]] = {"apiGroups": [""], "resources": ["*"], "verbs": ["*"]}
 
 # Inputs that the program always sends as secrets: the only places a token may be.
 TOKEN_PLACES: dict[str, tuple[str, ...]] = {
@@ -49,6 +68,18 @@ TOKEN_PLACES: dict[str, tuple[str, ...]] = {
     SECRET_TYPE: ("data", "stringData"),
     "pulumi:providers:gitlab": ("token",),
 }
+
+
+class Resource(Protocol):
+    """What the checks read of a resource: ResourceValidationArgs and PolicyResource both have it."""
+
+    resource_type: str
+    props: Mapping[str, Any]
+    name: str
+    urn: str
+
+
+Check = Callable[[Resource], None]
 
 
 # ---- reading the resources -------------------------------------------------------------------
@@ -63,15 +94,24 @@ def _pod_annotations(props: Mapping[str, Any]) -> Mapping[str, Any]:
     return values.get("podAnnotations") or {}
 
 
-def runner_config(props: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The config.toml uploaded into a runner container, parsed; None when there is none."""
+def _config_upload(props: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The container's uploaded config.toml (its name only is read: the content may be unknown yet)."""
     for upload in props.get("uploads") or []:
-        if str(upload.get("file", "")).endswith("config.toml") and isinstance(upload.get("content"), str):
-            try:
-                return tomllib.loads(upload["content"])
-            except tomllib.TOMLDecodeError:
-                return None
+        if isinstance(upload, Mapping) and str(upload.get("file", "")).endswith("config.toml"):
+            return upload
     return None
+
+
+def runner_config(props: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The config.toml uploaded into a container, parsed; None when there is none or it cannot be read."""
+    upload = _config_upload(props)
+    content = upload.get("content") if upload is not None else None
+    if not isinstance(content, str):
+        return None
+    try:
+        return tomllib.loads(content)
+    except tomllib.TOMLDecodeError:
+        return None
 
 
 def _chart_runner_configs(props: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -111,79 +151,206 @@ def _strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
             yield from _strings(item, f"{path}[{index}]")
 
 
-# ---- the validators ----------------------------------------------------------------------------
+# ---- a stack's Docker containers and the config.toml each one runs ---------------------------
 
 
-def no_privileged_runners(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    props = args.props
-    if args.resource_type == CONTAINER:
-        allowed = _labels(props).get(ALLOW_PRIVILEGED_LABEL) == "true"
-        if props.get("privileged"):
-            report(f"{args.name}: the runner container itself is privileged; it never needs to be")
-        config = runner_config(props) or {}
-        for runner, section in _executor_sections(list(config.get("runners", []))):
-            if section.get("privileged") and not allowed:
-                report(
-                    f"{args.name}: runner {runner} runs privileged jobs (root on the host) but the stack "
-                    "does not set gitlab-runners:allowPrivileged: true"
-                )
-    elif args.resource_type == RELEASE:
-        values = props.get("values") or {}
-        allowed = _pod_annotations(props).get(ALLOW_PRIVILEGED_ANNOTATION) == "true"
-        if (values.get("securityContext") or {}).get("privileged"):
-            report(f"{args.name}: the runner pod is privileged; it never needs to be")
-        for runner, section in _executor_sections(_chart_runner_configs(props)):
-            if section.get("privileged") and not allowed:
-                report(
-                    f"{args.name}: runner {runner} runs privileged job pods but the stack does not set "
-                    "gitlab-runners:allowPrivileged: true"
-                )
+def _mounts(props: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(source, target) of every mount: `mounts` ({source, target, type}) and `volumes`
+    ({volumeName or hostPath, containerPath})."""
+    found = [(str(m.get("source") or ""), str(m.get("target") or "")) for m in props.get("mounts") or []]
+    for volume in props.get("volumes") or []:
+        source = volume.get("volumeName") or volume.get("hostPath") or ""
+        found.append((str(source), str(volume.get("containerPath") or "")))
+    return found
 
 
-def docker_socket_only_for_docker_executor(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type != CONTAINER:
-        return
-    props = args.props
-    sockets = [
-        str(m.get("source") or m.get("hostPath"))
-        for m in list(props.get("mounts") or []) + list(props.get("volumes") or [])
-        if DOCKER_SOCKET.search(str(m.get("source") or m.get("hostPath") or ""))
-        or DOCKER_SOCKET.search(str(m.get("target") or m.get("containerPath") or ""))
+def docker_sockets(props: Mapping[str, Any]) -> list[str]:
+    """The Docker or podman sockets a container mounts (on the host side, or where it lands inside)."""
+    return [
+        source or target
+        for source, target in _mounts(props)
+        if DOCKER_SOCKET.search(source) or DOCKER_SOCKET.search(target)
     ]
+
+
+def _config_volumes(resource: Resource) -> set[tuple[str | None, str]]:
+    """What the container mounts at /etc/gitlab-runner, keyed by its provider too: every Docker host
+    has volumes of the same names, and only the containers of one host share one."""
+    provider = getattr(resource, "provider", None)
+    host = str(provider.urn) if provider is not None else None
+    return {(host, source) for source, target in _mounts(resource.props) if source and target.rstrip("/") == CONFIG_DIR}
+
+
+def _shares_config_volume(one: Resource, other: Resource) -> bool:
+    return one.urn != other.urn and bool(_config_volumes(one) & _config_volumes(other))
+
+
+def config_sources(container: Resource, containers: Sequence[Resource]) -> list[Resource]:
+    """The containers whose uploaded config.toml `container` runs with: itself when it uploads one;
+    else each container that uploads one into a volume they both mount at /etc/gitlab-runner."""
+    if _config_upload(container.props) is not None:
+        return [container]
+    return [c for c in containers if _config_upload(c.props) is not None and _shares_config_volume(container, c)]
+
+
+def container_configs(container: Resource, containers: Sequence[Resource]) -> list[tuple[Resource, dict[str, Any]]]:
+    """(the container that uploaded it, parsed config.toml) for each config the container may run."""
+    found = [(source, runner_config(source.props)) for source in config_sources(container, containers)]
+    return [(source, config) for source, config in found if config is not None]
+
+
+def _configs_to_check(container: Resource, containers: Sequence[Resource]) -> list[tuple[Resource, dict[str, Any]]]:
+    """The configs whose runners this container runs, each checked once: a config sync's own upload
+    is checked at the containers that read it from the volume, not at the sync container as well."""
+    read_by_others = any(_config_upload(c.props) is None and _shares_config_volume(container, c) for c in containers)
+    configs = container_configs(container, containers)
+    return [(source, config) for source, config in configs if source.urn != container.urn or not read_by_others]
+
+
+def _from(source: Resource, container: Resource) -> str:
+    return "" if source.urn == container.urn else f" (config.toml from {source.name})"
+
+
+def _containers(resources: Iterable[Resource]) -> list[Resource]:
+    return [r for r in resources if r.resource_type == CONTAINER]
+
+
+def _each(resources: Iterable[Resource], check: Check) -> None:
+    """Check every resource; one whose values are unknown during a preview is skipped, and the first
+    such error is raised at the end, so the SDK says the policy did not run in full (never "passed")."""
+    unknown: UnknownValueError | None = None
+    for resource in resources:
+        try:
+            check(resource)
+        except UnknownValueError as error:
+            unknown = unknown or error
+    if unknown is not None:
+        raise unknown
+
+
+# ---- no-privileged-runners --------------------------------------------------------------------
+
+
+def _privileged_container(container: Resource, containers: Sequence[Resource], report: ReportViolation) -> None:
+    props = container.props
+    if props.get("privileged"):
+        report(f"{container.name}: the runner container itself is privileged; it never needs to be", container.urn)
+    # The container that runs the jobs carries the allowance (the program labels both alike).
+    if _labels(props).get(ALLOW_PRIVILEGED_LABEL) == "true":
+        return
+    for source, config in _configs_to_check(container, containers):
+        for runner, section in _executor_sections(list(config.get("runners", []))):
+            if section.get("privileged"):
+                report(
+                    f"{container.name}: runner {runner}{_from(source, container)} runs privileged jobs (root "
+                    "on the host) but the stack does not set gitlab-runners:allowPrivileged: true",
+                    container.urn,
+                )
+
+
+def _privileged_release(release: Resource, report: ReportViolation) -> None:
+    values = release.props.get("values") or {}
+    allowed = _pod_annotations(release.props).get(ALLOW_PRIVILEGED_ANNOTATION) == "true"
+    if (values.get("securityContext") or {}).get("privileged"):
+        report(f"{release.name}: the runner pod is privileged; it never needs to be", release.urn)
+    for runner, section in _executor_sections(_chart_runner_configs(release.props)):
+        if section.get("privileged") and not allowed:
+            report(
+                f"{release.name}: runner {runner} runs privileged job pods but the stack does not set "
+                "gitlab-runners:allowPrivileged: true",
+                release.urn,
+            )
+
+
+def no_privileged_runners(args: StackValidationArgs, report: ReportViolation) -> None:
+    containers = _containers(args.resources)
+
+    def check(resource: Resource) -> None:
+        if resource.resource_type == CONTAINER:
+            _privileged_container(resource, containers, report)
+        elif resource.resource_type == RELEASE:
+            _privileged_release(resource, report)
+
+    _each(args.resources, check)
+
+
+# ---- docker-socket-only-for-docker-executor ---------------------------------------------------
+
+
+def _socket_check(container: Resource, containers: Sequence[Resource], report: ReportViolation) -> None:
+    sockets = docker_sockets(container.props)
     if not sockets:
         return
-    config = runner_config(props)
-    executors = {str(r.get("executor")) for r in (config or {}).get("runners", [])}
-    if "docker" not in executors:
+    configs = container_configs(container, containers)
+    executors = sorted({str(r.get("executor")) for _, config in configs for r in config.get("runners", [])})
+    if not configs:
+        reason = "its config.toml cannot be found, so what it runs is unknown (executors: unknown)"
+    elif executors != ["docker"]:
+        # A shell job next to the socket is root on the host, even when a docker runner shares it.
+        reason = f"serves runners other than docker-executor ones (executors: {', '.join(executors) or 'none'})"
+    else:
+        return
+    report(f"{container.name}: mounts the Docker socket {sockets[0]} (root on the host) but {reason}", container.urn)
+
+
+def docker_socket_only_for_docker_executor(args: StackValidationArgs, report: ReportViolation) -> None:
+    containers = _containers(args.resources)
+    _each(containers, lambda container: _socket_check(container, containers, report))
+
+
+# ---- pinned-images-and-charts -----------------------------------------------------------------
+
+
+def _pinned_container(container: Resource, containers: Sequence[Resource], report: ReportViolation) -> None:
+    image = str(container.props.get("image") or "")
+    if not is_pinned_image(image):
         report(
-            f"{args.name}: mounts the Docker socket {sockets[0]} (root on the host) but serves no "
-            f"docker-executor runner (executors: {', '.join(sorted(executors)) or 'unknown'})"
+            f"{container.name}: image {image!r} is not pinned (use a tag other than latest, or a digest)",
+            container.urn,
         )
-
-
-def pinned_images_and_charts(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    props = args.props
-    if args.resource_type == CONTAINER:
-        image = str(props.get("image") or "")
-        if not is_pinned_image(image):
-            report(f"{args.name}: image {image!r} is not pinned (use a tag other than latest, or a digest)")
-        for runner in (runner_config(props) or {}).get("runners", []):
+    for source, config in _configs_to_check(container, containers):
+        for runner in config.get("runners", []):
             job_image = (runner.get("docker") or {}).get("image")
             if job_image is not None and not is_pinned_image(str(job_image)):
-                report(f"{args.name}: runner {runner.get('name')} job image {job_image!r} is not pinned")
-    elif args.resource_type == IMAGE:
-        base = str(((props.get("build") or {}).get("args") or {}).get("BASE_IMAGE") or "")
-        if not is_pinned_image(base):
-            report(f"{args.name}: base image {base!r} is not pinned")
-    elif args.resource_type == RELEASE:
-        version = props.get("version")
-        chart = str(props.get("chart") or "")
-        is_local = chart.startswith((".", "/"))
-        if not is_local and not (isinstance(version, str) and EXACT_VERSION.fullmatch(version)):
-            report(f"{args.name}: chart {chart!r} has no exact version (got {version!r})")
-        for runner, section in _executor_sections(_chart_runner_configs(props)):
-            if "image" in section and not is_pinned_image(str(section["image"])):
-                report(f"{args.name}: runner {runner} job image {section['image']!r} is not pinned")
+                report(
+                    f"{container.name}: runner {runner.get('name')}{_from(source, container)} job image "
+                    f"{job_image!r} is not pinned",
+                    container.urn,
+                )
+
+
+def _pinned_image_build(image: Resource, report: ReportViolation) -> None:
+    base = str(((image.props.get("build") or {}).get("args") or {}).get("BASE_IMAGE") or "")
+    if not is_pinned_image(base):
+        report(f"{image.name}: base image {base!r} is not pinned", image.urn)
+
+
+def _pinned_release(release: Resource, report: ReportViolation) -> None:
+    version = release.props.get("version")
+    chart = str(release.props.get("chart") or "")
+    is_local = chart.startswith((".", "/"))
+    if not is_local and not (isinstance(version, str) and EXACT_VERSION.fullmatch(version)):
+        report(f"{release.name}: chart {chart!r} has no exact version (got {version!r})", release.urn)
+    for runner, section in _executor_sections(_chart_runner_configs(release.props)):
+        if "image" in section and not is_pinned_image(str(section["image"])):
+            report(f"{release.name}: runner {runner} job image {section['image']!r} is not pinned", release.urn)
+
+
+def pinned_images_and_charts(args: StackValidationArgs, report: ReportViolation) -> None:
+    containers = _containers(args.resources)
+
+    def check(resource: Resource) -> None:
+        if resource.resource_type == CONTAINER:
+            _pinned_container(resource, containers, report)
+        elif resource.resource_type == IMAGE:
+            _pinned_image_build(resource, report)
+        elif resource.resource_type == RELEASE:
+            _pinned_release(resource, report)
+
+    _each(args.resources, check)
+
+
+# ---- resource policies: one resource is all they need ----------------------------------------
 
 
 def no_plaintext_tokens(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -225,44 +392,117 @@ def rbac_stays_namespaced(args: ResourceValidationArgs, report: ReportViolation)
             report(f"{args.name}: cluster-wide RBAC ({args.resource_type.rsplit(':', 1)[1]}) is not allowed")
 
 
-def _policy(name: str, description: str, validate: Any) -> ResourceValidationPolicy:
+# ---- no-wildcard-rbac -------------------------------------------------------------------------
+
+
+def chart_rbac_rules(values: Mapping[str, Any]) -> list[tuple[str, dict[str, list[str]]]]:
+    """(where it comes from, rule) for each rule the gitlab-runner chart renders into the runner's Role
+    when rbac.create is set. With rbac.rules empty or absent the chart grants every verb on every
+    resource of the core group; in a listed rule a missing or empty field gets CHART_RULE_DEFAULTS."""
+    rbac = values.get("rbac") or {}
+    if not rbac.get("create"):
+        return []
+    rules = list(rbac.get("rules") or [])
+    if not rules:
+        return [
+            ("rbac.rules is empty: the chart's default rule", {"apiGroups": [""], "resources": ["*"], "verbs": ["*"]})
+        ]
+    defaults = {"apiGroups": [""], "resources": ["*"], "verbs": ["*"]}
+    return [
+        (f"rbac.rules[{index}]", {field: [str(x) for x in rule.get(field) or defaults[field]] for field in RBAC_FIELDS})
+        for index, rule in enumerate(rules)
+    ]
+
+
+def _wildcard_fields(rule: Mapping[str, Any]) -> list[str]:
+    """The fields of an RBAC rule that hold a wildcard ("*", or a pattern such as "pods/*")."""
+    return [field for field in RBAC_FIELDS if any("*" in str(item) for item in rule.get(field) or [])]
+
+
+def _describe_rule(rule: Mapping[str, Any]) -> str:
+    return " ".join(f"{field} {json.dumps([str(x) for x in rule.get(field) or []])}" for field in RBAC_FIELDS)
+
+
+def no_wildcard_rbac(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type == RELEASE:
+        values = args.props.get("values") or {}
+        kind = "ClusterRole" if (values.get("rbac") or {}).get("clusterWideAccess") else "Role"
+        rules = chart_rbac_rules(values)
+        where = f"the chart's {kind}"
+    elif args.resource_type in (ROLE, CLUSTER_ROLE):
+        rules = [(f"rules[{index}]", rule) for index, rule in enumerate(args.props.get("rules") or [])]
+        where = f"the {args.resource_type.rsplit(':', 1)[1]}"
+    else:
+        return
+    for origin, rule in rules:
+        wildcards = _wildcard_fields(rule)
+        if wildcards:
+            report(
+                f"{args.name}: {where} has the rule {_describe_rule(rule)} ({origin}), a wildcard in "
+                f"{', '.join(wildcards)}; list the resources and verbs the runner needs"
+            )
+
+
+# ---- the pack ---------------------------------------------------------------------------------
+
+
+def _resource_policy(name: str, description: str, validate: Any) -> ResourceValidationPolicy:
     return ResourceValidationPolicy(
         name=name, description=description, enforcement_level=EnforcementLevel.MANDATORY, validate=validate
     )
 
 
-POLICIES = [
-    _policy(
+def _stack_policy(name: str, description: str, validate: Any) -> StackValidationPolicy:
+    return StackValidationPolicy(
+        name=name, description=description, enforcement_level=EnforcementLevel.MANDATORY, validate=validate
+    )
+
+
+# These read a Docker container's config.toml, which another container of the stack may upload.
+STACK_POLICIES = [
+    _stack_policy(
         "no-privileged-runners",
         "Runner containers and job containers are not privileged unless the stack allows it: a "
         "privileged job is root on the host.",
         no_privileged_runners,
     ),
-    _policy(
+    _stack_policy(
         "docker-socket-only-for-docker-executor",
-        "The Docker socket is root on the host; only a runner with the docker executor needs it.",
+        "The Docker socket is root on the host; only a container whose runners all use the docker "
+        "executor may mount it.",
         docker_socket_only_for_docker_executor,
     ),
-    _policy(
+    _stack_policy(
         "pinned-images-and-charts",
         "Every image and chart is pinned (no latest, no missing tag, chart version set), so a deploy "
         "is repeatable and a moved tag cannot change what runs.",
         pinned_images_and_charts,
     ),
-    _policy(
+]
+
+RESOURCE_POLICIES = [
+    _resource_policy(
         "no-plaintext-tokens",
         "No GitLab token (glrt-, glpat-, GR1348941) in a resource input other than the secret ones.",
         no_plaintext_tokens,
     ),
-    _policy(
+    _resource_policy(
         "kubernetes-runner-hardened",
         "The Kubernetes runner runs as non-root, without capabilities, with requests and limits, in a "
         "namespace of its own.",
         kubernetes_runner_hardened,
     ),
-    _policy(
+    _resource_policy(
         "rbac-stays-namespaced",
         "The runner's RBAC stays inside its namespace unless cluster-wide access is explicitly allowed.",
         rbac_stays_namespaced,
     ),
+    _resource_policy(
+        "no-wildcard-rbac",
+        "The runner's Role grants named verbs on named resources, never '*': the chart's default rule "
+        "(rbac.rules empty) gives every verb on every core resource, secrets included.",
+        no_wildcard_rbac,
+    ),
 ]
+
+POLICIES: list[Policy] = [*STACK_POLICIES, *RESOURCE_POLICIES]

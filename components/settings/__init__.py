@@ -79,14 +79,15 @@ def parse_settings(
     data = dict(values)
     problems = list(extra_problems)
     problems += rules.other_target_problems(data)
-    target = data.get("target")
+    raw_target = data.get("target")
+    target = raw_target if isinstance(raw_target, str) and raw_target in EXECUTORS else None
     for section in ("docker", "kubernetes"):
-        if target in EXECUTORS and section != target:
+        if target is not None and section != target:
             data.pop(section, None)
     try:
         config = StackConfig.model_validate(data)
     except ValidationError as error:
-        raise SettingsError([*problems, *from_validation_error(error, data.get("target"))]) from None
+        raise SettingsError([*problems, *from_validation_error(error, target)]) from None
     context = rules.Context(
         existing_token_names=existing_token_names,
         has_gitlab_token=has_gitlab_token,

@@ -155,7 +155,7 @@ def _choices(expected: str) -> str:
     return " or ".join(f'"{o}"' for o in options) if options else expected
 
 
-def _phrase(error: Any, target: Any) -> str:
+def _phrase(error: Any, target: str | None) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
     got = show(error.get("input"))
@@ -201,7 +201,7 @@ def _phrase(error: Any, target: Any) -> str:
     return message.removeprefix("Value error, ")
 
 
-def from_validation_error(error: ValidationError, target: Any = None) -> list[Problem]:
+def from_validation_error(error: ValidationError, target: str | None = None) -> list[Problem]:
     problems: list[Problem] = []
     for item in error.errors(include_url=False):
         loc = tuple(item["loc"])

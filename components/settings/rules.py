@@ -113,7 +113,7 @@ def token_problems(config: StackConfig, context: Context) -> Iterator[Problem]:
 def other_target_problems(values: dict[str, object]) -> Iterator[Problem]:
     """The section of the target not chosen: reported once, and its content is not read at all."""
     target = values.get("target")
-    if target not in EXECUTORS:
+    if not isinstance(target, str) or target not in EXECUTORS:
         return
     for other in EXECUTORS:
         if other != target and values.get(other) is not None:

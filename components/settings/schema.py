@@ -106,7 +106,8 @@ def _type(spec: dict[str, Any], defs: dict[str, Any]) -> str:
         low, high = spec.get("minimum"), spec.get("maximum")
         return f"int {low if low is not None else ''}-{high if high is not None else ''}".rstrip("-")
     if kind == "array":
-        return f"list of {_type(spec.get('items', {}), defs)}"
+        items = _type(spec.get("items", {}), defs)
+        return "list of objects (below)" if items == "object (below)" else f"list of {items}"
     if kind == "object" and "properties" in spec:
         return "object (below)"
     if kind == "object":
@@ -119,6 +120,8 @@ def _type(spec: dict[str, Any], defs: dict[str, Any]) -> str:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value)):
+        return "(below)"
     text = json.dumps(value) if not isinstance(value, str) else value
     return f"`{text}`"
 
@@ -132,9 +135,13 @@ def _rows(spec: dict[str, Any], defs: dict[str, Any], prefix: str) -> list[str]:
         default = field.get("default")
         example = (field.get("examples") or [None])[0]
         description = field.get("description", "")
-        rows.append(f"| `{path}` | {_type(field, defs)} | {_cell(default)} | {description}; e.g. {_cell(example)} |")
-        if resolved.get("type") == "object" and "properties" in resolved and name not in ("runners",):
+        example_text = "" if _cell(example) == "(below)" else f"; e.g. {_cell(example)}"
+        rows.append(f"| `{path}` | {_type(field, defs)} | {_cell(default)} | {description}{example_text} |")
+        if resolved.get("type") == "object" and "properties" in resolved:
             rows += _rows(resolved, defs, f"{path}.")
+        items = _resolve(resolved.get("items", {}), defs) if resolved.get("type") == "array" else {}
+        if items.get("type") == "object" and "properties" in items:
+            rows += _rows(items, defs, f"{path}[*].")
     return rows
 
 

@@ -6,6 +6,7 @@ tests skip, except under scripts/test and CI (GITLAB_RUNNERS_REQUIRE_ENGINE=1), 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -83,6 +84,29 @@ def unsafe_project(tmp_path: Path, project: Project) -> Project:
     pulumi_yaml.write_text(pulumi_yaml.read_text().replace("../../../.venv", ".venv"))
     (work / ".venv").symlink_to(ROOT / ".venv")
     return Project(work, project.env)
+
+
+# What a runner that brings its own token may set: the rest is kept in GitLab (settings refuse it).
+LOCAL_RUNNER_KEYS = (
+    "name",
+    "executor",
+    "image",
+    "limit",
+    "requestConcurrency",
+    "privileged",
+    "volumes",
+    "pullPolicy",
+    "jobResources",
+    "hosts",
+)
+
+
+def with_existing_tokens(target: auto.Stack, tokens: dict[str, str]) -> None:
+    """Give the stack's runners existing tokens, keeping only the settings such runners may have."""
+    runners = json.loads(target.get_config("gitlab-runners:runners").value)
+    local = [{k: v for k, v in r.items() if k in LOCAL_RUNNER_KEYS} for r in runners]
+    target.set_config("gitlab-runners:runners", auto.ConfigValue(json.dumps(local)))
+    target.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps(tokens), secret=True))
 
 
 def stack(project: Project, name: str) -> auto.Stack:

@@ -1,6 +1,8 @@
-"""A real, local Kubernetes control plane for the integration tests: etcd, kube-apiserver and
-kube-controller-manager (for namespace deletion), built by scripts/cluster-binaries, listening on
-127.0.0.1 only. There are no nodes: the tests deploy objects, not pods.
+"""A real, local Kubernetes control plane for the integration tests: etcd, kube-apiserver,
+kube-controller-manager (namespaces, garbage collection, deployments, replica sets, service accounts)
+and kube-scheduler, built by scripts/cluster-binaries, listening on 127.0.0.1 only. There is no kubelet:
+kwok keeps a fake node, and the pods scheduled onto it are marked Running and Ready (their containers
+never run), which is what a Helm release's readiness wait and a Deployment's rollout need.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ class Cluster:
     token: str
     kubeconfig: Path
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> tuple[int, Any]:
         """One API call as the cluster admin (the server's certificate is self-signed)."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)  # noqa: S310
         request.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
-            request.add_header("Content-Type", "application/json")
+            request.add_header("Content-Type", content_type)
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -107,7 +111,7 @@ def write_kubeconfig(path: Path, url: str, token: str) -> Path:
 @contextmanager
 def local_cluster(bin_dir: Path, work: Path) -> Iterator[Cluster]:
     work.mkdir(parents=True, exist_ok=True)
-    etcd_client, etcd_peer, api_port, cm_port = (free_port() for _ in range(4))
+    etcd_client, etcd_peer, api_port, cm_port, scheduler_port, kwok_port = (free_port() for _ in range(6))
     token = secrets.token_hex(16)
     (work / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
     (work / "tokens.csv").chmod(0o600)
@@ -151,10 +155,28 @@ def local_cluster(bin_dir: Path, work: Path) -> Iterator[Cluster]:
         "kube-controller-manager": [
             str(bin_dir / "kube-controller-manager"),
             f"--kubeconfig={cluster.kubeconfig}",
-            "--controllers=namespace-controller,garbage-collector-controller",
+            "--controllers=namespace-controller,garbage-collector-controller,deployment-controller,"
+            "replicaset-controller,serviceaccount-controller",
             "--leader-elect=false",
             "--bind-address=127.0.0.1",
             f"--secure-port={cm_port}",
+        ],
+        "kube-scheduler": [
+            str(bin_dir / "kube-scheduler"),
+            f"--kubeconfig={cluster.kubeconfig}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={scheduler_port}",
+        ],
+        "kwok": [
+            str(bin_dir / "kwok"),
+            f"--kubeconfig={cluster.kubeconfig}",
+            f"--config={Path(__file__).parent / 'fixtures' / 'kwok-stages.yaml'}",
+            "--manage-all-nodes",
+            "--cidr=10.0.0.0/24",
+            "--node-ip=127.0.0.1",
+            f"--node-port={kwok_port}",
+            "--server-address=127.0.0.1:0",
         ],
     }
     with ExitStack() as stack:
@@ -170,7 +192,45 @@ def local_cluster(bin_dir: Path, work: Path) -> Iterator[Cluster]:
         start("kube-apiserver")
         _wait_ready(cluster, processes)
         start("kube-controller-manager")
+        if (bin_dir / "kwok").exists():
+            start("kube-scheduler")
+            start("kwok")
+            _add_fake_node(cluster)
         yield cluster
+
+
+FAKE_NODE = "kwok-node-0"
+
+
+def _add_fake_node(cluster: Cluster) -> None:
+    """A node that kwok manages: Ready, with room for the runner pods."""
+    capacity = {"cpu": "32", "memory": "64Gi", "pods": "110"}
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": FAKE_NODE,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {"kubernetes.io/hostname": FAKE_NODE, "kubernetes.io/os": "linux", "type": "kwok"},
+        },
+        "status": {"allocatable": capacity, "capacity": capacity},
+    }
+    status, body = cluster.request("POST", "/api/v1/nodes", node)
+    if status != 201:
+        raise RuntimeError(f"could not add the fake node: {status} {body}")
+    # The API server taints a new node not-ready; without a node lifecycle controller nobody lifts it
+    # once kwok reports the node Ready, so the set-up does.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        conditions = (cluster.get(f"/api/v1/nodes/{FAKE_NODE}") or {}).get("status", {}).get("conditions") or []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            patch = {"spec": {"taints": None}}
+            status, body = cluster.request("PATCH", f"/api/v1/nodes/{FAKE_NODE}", patch, "application/merge-patch+json")
+            if status != 200:
+                raise RuntimeError(f"could not untaint the fake node: {status} {body}")
+            return
+        time.sleep(0.5)
+    raise RuntimeError("kwok did not make the fake node Ready within 60 s (see kwok.log)")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from pulumi import automation as auto
 
-from tests.integration.conftest import ROOT, Project, stack
+from tests.integration.conftest import ROOT, Project, stack, with_existing_tokens
+from tests.integration.docker_engine import docker_provider_or_skip, start_engine
 from tests.integration.local_cluster import free_port, write_kubeconfig
 
 FAKE_DEV_TOKENS = {"dev-docker": "glrt-integration-fake-docker", "dev-shell": "glrt-integration-fake-shell"}
@@ -26,9 +27,7 @@ def unreachable_kubeconfig(path: Path) -> Path:
 def prod_stack(project: Project, tmp_path: Path, chart: dict[str, str]) -> auto.Stack:
     """The prod example stack with an existing (fake) runner token and no reachable cluster."""
     prod = stack(project, "prod")
-    prod.set_config(
-        "gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps({"prod-k8s": FAKE_PROD_TOKEN}), secret=True)
-    )
+    with_existing_tokens(prod, {"prod-k8s": FAKE_PROD_TOKEN})
     kubernetes = {"namespace": "gitlab", "chart": chart, "kubeconfig": str(unreachable_kubeconfig(tmp_path / "kc"))}
     prod.set_config("gitlab-runners:kubernetes", auto.ConfigValue(json.dumps(kubernetes)))
     return prod
@@ -47,13 +46,13 @@ def test_prod_stack_previews_offline_with_a_local_chart(project: Project, tmp_pa
         "gitlab-runners:index:RunnerRegistration",
         "pulumi:providers:kubernetes",
         "gitlab-runners:index:KubernetesRunner",
-        "kubernetes:core/v1:Namespace",
         "kubernetes:core/v1:Secret",
         "kubernetes:helm.sh/v3:Release",
     ):
         assert expected in types, (expected, types)
     assert not any(t.startswith("gitlab:") for t in types)  # existing token: nothing created in GitLab
-    assert result.change_summary.get(auto.OpType.CREATE) == 7
+    assert "kubernetes:core/v1:Namespace" not in types  # an existing namespace is used, not managed
+    assert result.change_summary.get(auto.OpType.CREATE) == 6
     assert FAKE_PROD_TOKEN not in result.stdout + result.stderr
     assert '"prod-k8s-runner"' in result.stdout
 
@@ -89,6 +88,7 @@ def test_unsafe_fixture_fails_the_policy_pack(unsafe_project: Project, tmp_path:
         "no-plaintext-tokens",
         "kubernetes-runner-hardened",
         "rbac-stays-namespaced",
+        "no-wildcard-rbac",
     ):
         assert f"[mandatory]  {policy}" in output or policy in output, policy
     assert "runner priv runs privileged job pods" in output
@@ -108,17 +108,38 @@ def test_bad_config_fails_in_the_engine_before_any_resource(project: Project) ->
     assert set(pre_event_types(events)) <= {"pulumi:pulumi:Stack"}
 
 
-def test_dev_stack_preview_runs_the_program_up_to_the_docker_provider(project: Project) -> None:
-    """The dev stack evaluates in the real engine; what stops it is the docker provider plugin, which
-    cannot be built on these machines (README, "What runs where"). Once that plugin is installed this
-    test fails: then it should assert a successful preview instead."""
+def test_dev_stack_previews_with_the_docker_provider(project: Project) -> None:
+    docker_provider_or_skip()
+    engine = start_engine()
     dev = stack(project, "dev")
-    dev.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps(FAKE_DEV_TOKENS), secret=True))
+    with_existing_tokens(dev, FAKE_DEV_TOKENS)
+    dev.set_config(
+        "gitlab-runners:docker", auto.ConfigValue(json.dumps({"hosts": [{"name": "local", "host": engine.host}]}))
+    )
+    events: list[auto.EngineEvent] = []
+    result = dev.preview(color="never", on_event=events.append)
+    types = pre_event_types(events)
+    assert types.count("gitlab-runners:index:DockerRunner") == 2  # one per executor kind
+    assert types.count("docker:index/container:Container") == 4  # each runner and its config sync
+    assert "docker:index/image:Image" in types and "pulumi:providers:docker" in types
+    output = result.stdout + result.stderr
+    for token in FAKE_DEV_TOKENS.values():
+        assert token not in output
+
+
+def test_an_unreachable_docker_host_is_named(project: Project, tmp_path: Path) -> None:
+    docker_provider_or_skip()
+    dev = stack(project, "dev")
+    with_existing_tokens(dev, FAKE_DEV_TOKENS)
+    nowhere = f"unix://{tmp_path / 'no-daemon.sock'}"
+    dev.set_config(
+        "gitlab-runners:docker", auto.ConfigValue(json.dumps({"hosts": [{"name": "gone", "host": nowhere}]}))
+    )
     with pytest.raises(auto.CommandError) as caught:
         dev.preview(color="never")
     output = str(caught.value)
-    assert "no resource plugin 'pulumi-resource-docker' found" in output
-    assert "invalid stack configuration" not in output  # the settings accepted the stack
+    assert "docker-gone-provider" in output  # the host's own provider, named after the host
+    assert "failed to connect to any docker daemon" in output
     # The language host stops the abandoned program with SIGTERM, not SIGINT: no KeyboardInterrupt
     # traceback. (A call in flight when the engine shuts down may still print its gRPC error.)
     assert "KeyboardInterrupt" not in output

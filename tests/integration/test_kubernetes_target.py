@@ -1,24 +1,50 @@
-"""The Kubernetes target for real: `pulumi up`, a second preview, and `pulumi destroy` of the prod
-example stack against a local control plane (tests/integration/local_cluster.py), with the
-chart on disk (tests/fixtures/chart) since no chart repository is reachable here."""
+"""The Kubernetes target for real: `pulumi up`, a token change, a second preview and `pulumi destroy` of
+the prod example stack against a local control plane (tests/integration/local_cluster.py, with kwok's
+fake node so the runner pods are scheduled and become Ready), and `helm template` of the chart.
+
+The chart is the official gitlab-runner archive where it is on disk (GITLAB_RUNNERS_CHART_ARCHIVE, else
+$CACHE/charts/gitlab-runner-<version>.tgz; never committed), else the stand-in chart in
+tests/fixtures/chart, which echoes the values into a ConfigMap. Each test says which one ran.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from pulumi import automation as auto
 
+from components.kubernetes_runner import RBAC_RULES, TOKEN_FINGERPRINT, chart_values, token_fingerprint
+from components.settings import CHART_VERSION, parse_settings
 from tests.integration.conftest import ROOT, Project, stack
 from tests.integration.local_cluster import Cluster, local_cluster
 
 FAKE_TOKEN = "glrt-integration-fake-cluster-token"
-LOCAL_CHART = ROOT / "tests" / "fixtures" / "chart"
+ROTATED_TOKEN = "glrt-integration-rotated-cluster-token"
+STAND_IN_CHART = ROOT / "tests" / "fixtures" / "chart"
+CACHE = Path(os.environ.get("GITLAB_RUNNERS_CACHE") or Path.home() / ".cache" / "gitlab-runners")
+
+
+def official_chart() -> Path | None:
+    given = os.environ.get("GITLAB_RUNNERS_CHART_ARCHIVE")
+    archive = Path(given) if given else CACHE / "charts" / f"gitlab-runner-{CHART_VERSION}.tgz"
+    return archive if archive.is_file() else None
+
+
+def chart_under_test() -> tuple[Path, bool]:
+    archive = official_chart()
+    print(f"chart under test: {archive or f'the stand-in {STAND_IN_CHART} (no official archive on disk)'}")
+    return (archive, True) if archive else (STAND_IN_CHART, False)
 
 
 @pytest.fixture(scope="module")
@@ -47,31 +73,130 @@ def exported_state(project: Project, stack: str) -> str:
     return done.stdout
 
 
-def test_prod_stack_up_preview_destroy(project: Project, cluster: Cluster) -> None:
-    # Something that is not ours, which destroy must leave alone.
-    status, _ = cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": "bystander"}})
-    assert status == 201
+def prod_values(fingerprint: str = "0123456789abcdef") -> dict[str, Any]:
+    """The chart values the program renders for the prod example's runner."""
+    config = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())["config"]
+    values = {k.split(":", 1)[1]: v for k, v in config.items() if k.startswith("gitlab-runners:")}
+    settings = parse_settings(values, stack="prod", has_gitlab_token=True)
+    assert settings.kubernetes is not None
+    runner = settings.runners[0]
+    return chart_values(
+        runner, settings.kubernetes, settings.global_, settings.gitlab_url, f"{runner.name}-runner-token", fingerprint
+    )
+
+
+def test_the_official_chart_renders_what_the_runner_needs(tmp_path: Path) -> None:
+    archive = official_chart()
+    if archive is None:
+        pytest.skip(f"the official chart archive gitlab-runner-{CHART_VERSION}.tgz is not on disk (README)")
+    print(f"chart under test: {archive}")
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps(prod_values()))
+    rendered = subprocess.run(
+        ["helm", "template", "prod-k8s-runner", str(archive), "--namespace", "gitlab", "--values", str(values)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(rendered) if o}
+    deployment = objects[("Deployment", "prod-k8s-runner-gitlab-runner")]
+    pod = deployment["spec"]["template"]
+    annotations = pod["metadata"]["annotations"]
+    # The chart's own checksum covers only the secrets it renders (none here: sha256 of ""), so only
+    # the program's fingerprint can roll the pods when the token changes.
+    assert annotations["checksum/secrets"] == hashlib.sha256(b"").hexdigest()
+    assert annotations[TOKEN_FINGERPRINT] == "0123456789abcdef"
+    # The token reaches the pod only from the program's Secret, mounted by key.
+    projected = next(v for v in pod["spec"]["volumes"] if v["name"] == "projected-secrets")["projected"]["sources"]
+    secret = next(s["secret"] for s in projected if s.get("secret", {}).get("name") == "prod-k8s-runner-token")
+    assert {i["key"] for i in secret["items"]} == {"runner-token", "runner-registration-token"}
+    # Hardened as the policy pack requires.
+    container = pod["spec"]["containers"][0]
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["spec"]["securityContext"]["runAsUser"] == 100
+    assert deployment["spec"]["replicas"] == 2
+    # A leaving pod removes its runner manager (the chart's default; the runner itself stays).
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["/entrypoint", "unregister", "--all-runners"]
+    # The Role holds the documented rules and no wildcard.
+    role = objects[("Role", "prod-k8s-runner-gitlab-runner")]
+    rules = [{k: r[k] for k in ("apiGroups", "resources", "verbs")} for r in role["rules"]]
+    assert rules == RBAC_RULES
+    assert all("*" not in r["apiGroups"] + r["resources"] + r["verbs"] for r in rules)
+    # The runner's config: per-pod concurrency, and no automatic rotation of the Secret's token.
+    configmap = objects[("ConfigMap", "prod-k8s-runner-gitlab-runner")]["data"]
+    assert "concurrent = 4" in configmap["config.toml"]
+    assert "FF_DISABLE_AUTOMATIC_TOKEN_ROTATION = true" in configmap["config.template.toml"]
+    assert "listen_address" not in configmap["config.toml"]  # metrics off in the prod example
+    assert not re.search(r"glrt-[A-Za-z0-9_-]{8,}", rendered)  # the chart script mentions the prefix only
+
+
+def deployment_of(cluster: Cluster) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = cluster.get(
+        "/apis/apps/v1/namespaces/gitlab/deployments/prod-k8s-runner-gitlab-runner"
+    )
+    return found
+
+
+def wait_rolled_out(cluster: Cluster, fingerprint: str, seconds: float = 120) -> dict[str, Any]:
+    """The Deployment's pods carry `fingerprint` and are all Ready."""
+    deadline = time.monotonic() + seconds
+    last: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        last = deployment_of(cluster)
+        if last is not None:
+            template = last["spec"]["template"]["metadata"].get("annotations", {})
+            status = last.get("status", {})
+            if (
+                template.get(TOKEN_FINGERPRINT) == fingerprint
+                and status.get("updatedReplicas") == last["spec"]["replicas"]
+                and status.get("readyReplicas") == last["spec"]["replicas"]
+                and status.get("replicas") == last["spec"]["replicas"]
+            ):
+                return last
+        time.sleep(1)
+    raise AssertionError(f"the runner pods did not roll to fingerprint {fingerprint}: {last and last.get('status')}")
+
+
+def test_prod_stack_up_token_change_preview_destroy(project: Project, cluster: Cluster) -> None:
+    chart, official = chart_under_test()
+    # Something that is not ours, which destroy must leave alone; and the namespace the stack adopts.
+    for name in ("bystander", "gitlab"):
+        status, _ = cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+        assert status == 201
 
     prod = stack(project, "prod")
     prod.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps({"prod-k8s": FAKE_TOKEN}), secret=True))
-    kubernetes = {"namespace": "gitlab", "chart": {"path": str(LOCAL_CHART)}, "kubeconfig": str(cluster.kubeconfig)}
+    kubernetes = json.loads(prod.get_config("gitlab-runners:kubernetes").value)
+    kubernetes["chart"] = {"path": str(chart)}
+    kubernetes["kubeconfig"] = str(cluster.kubeconfig)
     prod.set_config("gitlab-runners:kubernetes", auto.ConfigValue(json.dumps(kubernetes)))
+    # A runner that brings its own token cannot carry GitLab-side attributes (they are set in GitLab).
+    runners = json.loads(prod.get_config("gitlab-runners:runners").value)
+    keep = ("name", "executor", "image", "limit", "jobResources")
+    prod.set_config("gitlab-runners:runners", auto.ConfigValue(json.dumps([{k: r[k] for k in keep} for r in runners])))
     try:
         up = prod.up(color="never")
         assert up.summary.result == "succeeded"
-        assert up.summary.resource_changes == {"create": 7}
+        assert up.summary.resource_changes == {"create": 6}, up.summary.resource_changes
 
-        # What landed in the cluster.
-        assert cluster.get("/api/v1/namespaces/gitlab")["metadata"]["labels"]["app.kubernetes.io/part-of"] == (
-            "gitlab-runners"
-        )
         secret = cluster.get("/api/v1/namespaces/gitlab/secrets/prod-k8s-runner-token")
         assert base64.b64decode(secret["data"]["runner-token"]).decode() == FAKE_TOKEN
         assert base64.b64decode(secret["data"].get("runner-registration-token", "")) == b""
-        values = cluster.get("/api/v1/namespaces/gitlab/configmaps/prod-k8s-runner-values")["data"]
-        assert values["gitlabUrl"] == "https://gitlab.example.com"
-        assert values["runnerSecret"] == "prod-k8s-runner-token"
-        assert "[runners.kubernetes]" in values["config.toml"] and FAKE_TOKEN not in values["config.toml"]
+        if official:
+            # The release waited for the runner pods (kwok marks them Ready).
+            rolled = wait_rolled_out(cluster, token_fingerprint(FAKE_TOKEN), seconds=30)
+            assert rolled["spec"]["replicas"] == 2
+            role = cluster.get(
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/gitlab/roles/prod-k8s-runner-gitlab-runner"
+            )
+            assert all("*" not in r["resources"] + r["verbs"] for r in role["rules"])
+        else:
+            values = cluster.get("/api/v1/namespaces/gitlab/configmaps/prod-k8s-runner-values")["data"]
+            assert values["gitlabUrl"] == "https://gitlab.example.com"
+            assert values["runnerSecret"] == "prod-k8s-runner-token"
+            assert "[runners.kubernetes]" in values["config.toml"] and FAKE_TOKEN not in values["config.toml"]
 
         # Outputs, state and engine output: no token in plain text.
         outputs = prod.outputs()
@@ -89,21 +214,51 @@ def test_prod_stack_up_preview_destroy(project: Project, cluster: Cluster) -> No
         # A second run changes nothing.
         prod.preview(color="never", expect_no_changes=True)
 
-        # A settings change updates the release in place: no resource is replaced, the token's
-        # Secret is left alone.
+        # A new token (a rotation, a runner re-created in GitLab) reaches the pods: they roll.
         secret_uid = secret["metadata"]["uid"]
-        runners = json.loads(prod.get_config("gitlab-runners:runners").value)
-        runners[0]["limit"] = 3
-        prod.set_config("gitlab-runners:runners", auto.ConfigValue(json.dumps(runners)))
+        prod.set_config(
+            "gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps({"prod-k8s": ROTATED_TOKEN}), secret=True)
+        )
         changed = prod.up(color="never")
-        assert changed.summary.resource_changes == {"same": 6, "update": 1}
-        values = cluster.get("/api/v1/namespaces/gitlab/configmaps/prod-k8s-runner-values")["data"]
-        assert values["concurrent"] == "3"
+        changes: dict[str, int] = dict(changed.summary.resource_changes or {})  # type: ignore[arg-type]
+        assert changes.get("update") == 2 and not {"replace", "delete", "create"} & set(changes), changes
         again = cluster.get("/api/v1/namespaces/gitlab/secrets/prod-k8s-runner-token")
         assert again["metadata"]["uid"] == secret_uid
+        assert base64.b64decode(again["data"]["runner-token"]).decode() == ROTATED_TOKEN
+        if official:
+            wait_rolled_out(cluster, token_fingerprint(ROTATED_TOKEN), seconds=60)
+        assert ROTATED_TOKEN not in changed.stdout + changed.stderr
     finally:
         destroyed = prod.destroy(color="never")
         prod.workspace.remove_stack("prod")
     assert destroyed.summary.result == "succeeded"
-    assert cluster.wait_gone("/api/v1/namespaces/gitlab")
+    deadline = time.monotonic() + 60
+    while deployment_of(cluster) is not None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert deployment_of(cluster) is None
+    assert cluster.get("/api/v1/namespaces/gitlab/secrets/prod-k8s-runner-token") is None
+    # The adopted namespace and the bystander are not the stack's: both stay.
+    assert cluster.get("/api/v1/namespaces/gitlab") is not None
     assert cluster.get("/api/v1/namespaces/bystander") is not None
+
+
+def test_a_namespace_the_stack_creates_goes_with_it(project: Project, cluster: Cluster) -> None:
+    chart, _ = chart_under_test()
+    prod = stack(project, "prod")
+    prod.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps({"prod-k8s": FAKE_TOKEN}), secret=True))
+    kubernetes = {
+        "namespace": "runners-owned",
+        "createNamespace": True,
+        "chart": {"path": str(chart)},
+        "kubeconfig": str(cluster.kubeconfig),
+    }
+    prod.set_config("gitlab-runners:kubernetes", auto.ConfigValue(json.dumps(kubernetes)))
+    prod.set_config("gitlab-runners:runners", auto.ConfigValue(json.dumps([{"name": "prod-k8s"}])))
+    try:
+        prod.up(color="never")
+        labels = cluster.get("/api/v1/namespaces/runners-owned")["metadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == "gitlab-runners"
+    finally:
+        prod.destroy(color="never")
+        prod.workspace.remove_stack("prod")
+    assert cluster.wait_gone("/api/v1/namespaces/runners-owned")

@@ -292,10 +292,10 @@ def test_minimal_rbac_rules_never_a_wildcard(mocks: RecordingMocks) -> None:
     assert {r for rule in rbac["rules"] for r in rule["resources"]} >= {"pods", "pods/exec", "secrets"}
 
 
-def test_existing_namespace_is_read_not_managed(mocks: RecordingMocks) -> None:
+def test_existing_namespace_is_used_not_managed(mocks: RecordingMocks) -> None:
     _kubernetes(mocks, namespace="ci-runners")
-    (namespace,) = mocks.by_type("kubernetes:core/v1:Namespace")
-    assert namespace.inputs == {}  # a read: Namespace.get, nothing the stack would delete
+    assert mocks.by_type("kubernetes:core/v1:Namespace") == []  # nothing the stack would delete
+    assert {s.inputs["metadata"]["namespace"] for s in mocks.by_type("kubernetes:core/v1:Secret")} == {"ci-runners"}
 
 
 def test_namespace_created_when_asked(mocks: RecordingMocks) -> None:

@@ -117,7 +117,7 @@ def test_prod_stack_kubernetes_target() -> None:
             "gitlab-runners:index:RunnerRegistration",
             "gitlab:index/userRunner:UserRunner",
             "gitlab-runners:index:KubernetesRunner",
-            "kubernetes:core/v1:Namespace",
+            # No Namespace: the prod stack uses the existing `gitlab` namespace and never deletes it.
             "kubernetes:core/v1:Secret",
             "kubernetes:helm.sh/v3:Release",
         ]
