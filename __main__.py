@@ -35,6 +35,10 @@ if settings.docker is not None:
                 tokens=registration.tokens,
                 tls=secrets.docker_tls.get(host.name),
                 allow_privileged=settings.allow_privileged,
+                cache=settings.cache,
+                cache_credentials=secrets.cache_credentials,
+                gitlab_ca=settings.gitlab_ca,
+                readiness=settings.readiness,
             ),
         )
         if on_host.image_name is not None:
@@ -58,6 +62,11 @@ elif settings.kubernetes is not None:
             runners=settings.runners,
             tokens=registration.tokens,
             allow_privileged=settings.allow_privileged,
+            cache=settings.cache,
+            cache_credentials=secrets.cache_credentials,
+            gitlab_ca=settings.gitlab_ca,
+            readiness=settings.readiness,
+            service_monitor=settings.kubernetes.service_monitor,
         ),
         opts=pulumi.ResourceOptions(providers=[cluster]),
     )

@@ -6,16 +6,18 @@ so `pulumi up --target` on one host works, and an unreachable host fails only it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_docker as docker
 
+from components.docker_health import Engine
 from components.docker_runner import DockerRunner, DockerRunnerArgs
 from components.runner_image import RunnerImage, RunnerImageArgs
 from components.settings import DockerHost as HostSettings
 from components.settings import DockerTarget, DockerTls, GlobalSettings, Runner
+from components.settings.model import Cache, Readiness
 
 COMPONENT_TYPE = "gitlab-runners:index:DockerHost"
 # One runner container per executor kind: only the docker executor gets the Docker socket, so a shell
@@ -62,6 +64,18 @@ class DockerHostArgs:
     allow_privileged: bool = False
     """Recorded on the containers for the policy pack."""
 
+    cache: Cache | None = None
+    """The distributed cache."""
+
+    cache_credentials: Mapping[str, pulumi.Output[str]] | None = None
+    """Its credentials, secret."""
+
+    gitlab_ca: str | None = None
+    """A private CA for GitLab, PEM."""
+
+    readiness: Readiness = Readiness()
+    """The readiness gate."""
+
 
 class DockerHost(pulumi.ComponentResource):
     """The host's docker provider, its runner image and one DockerRunner per executor kind."""
@@ -104,6 +118,9 @@ class DockerHost(pulumi.ComponentResource):
         else:
             image_ref = target.prebuilt_image or ""
 
+        engine = None
+        if host.host.startswith("unix://") or host.cert_path is not None:
+            engine = Engine(host.host, cert_path=host.cert_path)
         self.containers = {}
         self.container_ids = {}
         prefix = target.container_name or "gitlab-runner"
@@ -126,6 +143,11 @@ class DockerHost(pulumi.ComponentResource):
                     stop_timeout=target.stop_timeout,
                     keep_config_volume=target.keep_config_volume,
                     allow_privileged=args.allow_privileged,
+                    cache=args.cache,
+                    cache_credentials=args.cache_credentials,
+                    gitlab_ca=args.gitlab_ca,
+                    readiness=args.readiness,
+                    engine=engine,
                 ),
                 opts=on_host,
             )

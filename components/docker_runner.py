@@ -10,15 +10,17 @@ rotated itself is never overwritten.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pulumi
 import pulumi_docker as docker
 
-from components.runner_config import render_config_toml
+from components.docker_health import Engine, wait_healthy
+from components.runner_config import gitlab_host, render_config_toml
 from components.settings import GlobalSettings, Runner
+from components.settings.model import Cache, Readiness
 
 COMPONENT_TYPE = "gitlab-runners:index:DockerRunner"
 CONFIG_DIR = "/etc/gitlab-runner"
@@ -73,6 +75,21 @@ class DockerRunnerArgs:
     allow_privileged: bool = False
     """The stack allows privileged jobs; recorded as a label the policy pack reads."""
 
+    cache: Cache | None = None
+    """The distributed cache every runner uses."""
+
+    cache_credentials: Mapping[str, pulumi.Output[str]] | None = None
+    """Its credentials, secret: they reach only the uploaded config.toml."""
+
+    gitlab_ca: str | None = None
+    """The PEM of a private CA for GitLab; installed where the runner looks for it."""
+
+    readiness: Readiness = Readiness()
+    """Whether `pulumi up` waits for a healthy runner, and how long."""
+
+    engine: Engine | None = None
+    """How the readiness gate reaches the host's Docker API (None: the provider's own wait)."""
+
 
 def listen_address(args: DockerRunnerArgs) -> str:
     """Where the runner serves metrics: always on, for the health check; beyond 127.0.0.1 only when asked."""
@@ -97,6 +114,8 @@ class DockerRunner(pulumi.ComponentResource):
     container_name: pulumi.Output[str]
     container_id: pulumi.Output[str]
     volume_name: pulumi.Output[str]
+    ready: pulumi.Output[None] | None = None
+    """Resolves once the readiness gate saw the runner healthy (None: no gate)."""
 
     def __init__(self, name: str, args: DockerRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(COMPONENT_TYPE, name, None, opts)
@@ -106,12 +125,35 @@ class DockerRunner(pulumi.ComponentResource):
             "io.gitlab-runners.allow-privileged": "true" if args.allow_privileged else "false",
         }
         address = listen_address(args)
-        # config.toml holds every runner token: a secret Output from end to end.
+        ca_file = f"{CONFIG_DIR}/certs/{gitlab_host(args.gitlab_url)}.crt" if args.gitlab_ca else None
+        credentials = dict(args.cache_credentials or {})
+        # config.toml holds every runner token and the cache's credentials: a secret Output end to end.
         config_toml: pulumi.Output[str] = pulumi.Output.secret(
-            pulumi.Output.all(**args.tokens).apply(
-                lambda tokens: render_config_toml(args.global_, args.runners, args.gitlab_url, tokens, address)
+            pulumi.Output.all(pulumi.Output.all(**args.tokens), pulumi.Output.all(**credentials)).apply(
+                lambda parts: render_config_toml(
+                    args.global_,
+                    args.runners,
+                    args.gitlab_url,
+                    parts[0],
+                    address,
+                    cache=args.cache,
+                    cache_credentials=parts[1] or None,
+                    ca_file=ca_file,
+                )
             )
         )
+        uploads = [
+            docker.ContainerUploadArgs(file=f"{STAGING_DIR}/config.toml", content=config_toml, permissions="0600"),
+            docker.ContainerUploadArgs(
+                file=f"{STAGING_DIR}/sync-config", content=(FILES / "sync-config.sh").read_text(), permissions="0755"
+            ),
+        ]
+        if args.gitlab_ca and ca_file:
+            uploads.append(
+                docker.ContainerUploadArgs(
+                    file=f"{STAGING_DIR}/certs/{Path(ca_file).name}", content=args.gitlab_ca, permissions="0644"
+                )
+            )
 
         volume = docker.Volume(
             f"{name}-config",
@@ -130,14 +172,7 @@ class DockerRunner(pulumi.ComponentResource):
             command=["sync"],
             network_mode=args.network_mode,
             volumes=[config_volume],
-            uploads=[
-                docker.ContainerUploadArgs(file=f"{STAGING_DIR}/config.toml", content=config_toml, permissions="0600"),
-                docker.ContainerUploadArgs(
-                    file=f"{STAGING_DIR}/sync-config",
-                    content=(FILES / "sync-config.sh").read_text(),
-                    permissions="0755",
-                ),
-            ],
+            uploads=uploads,
             # Wait for it to finish; it is not a service (must_run=False keeps an exited one as it is).
             attach=True,
             must_run=False,
@@ -177,6 +212,9 @@ class DockerRunner(pulumi.ComponentResource):
             volumes=volumes,
             ports=ports,
             healthcheck=health_check(args),
+            # Where the gate cannot ask the host's API itself, the provider waits (on create only).
+            wait=args.readiness.enabled and args.engine is None,
+            wait_timeout=args.readiness.timeout_seconds if args.engine is None else None,
             capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
             security_opts=["no-new-privileges:true"],
             privileged=False,
@@ -189,6 +227,11 @@ class DockerRunner(pulumi.ComponentResource):
                 custom_timeouts=pulumi.CustomTimeouts(delete=f"{args.stop_timeout + DELETE_MARGIN_SECONDS}s"),
             ),
         )
+        if args.readiness.enabled and args.engine is not None and not pulumi.runtime.is_dry_run():
+            engine, names = args.engine, [r.name for r in args.runners]
+            self.ready = pulumi.Output.all(container.id, sync.exit_code).apply(
+                lambda parts: wait_healthy(engine, parts[0], names, args.readiness.timeout_seconds)
+            )
         self.container_name = container.name
         self.container_id = container.id
         self.volume_name = volume.name

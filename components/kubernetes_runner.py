@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as kubernetes
 
-from components.runner_config import manager_concurrency, render_chart_runner_toml
+from components.runner_config import gitlab_host, manager_concurrency, render_chart_runner_toml
 from components.settings import GlobalSettings, KubernetesTarget, Runner
+from components.settings.model import Cache, Readiness, ServiceMonitor
 
 COMPONENT_TYPE = "gitlab-runners:index:KubernetesRunner"
 # The chart's image runs as this user (gitlab-runner in the official alpine image).
 RUNNER_UID = 100
 RUNNER_FS_GROUP = 65533
-TOKEN_FINGERPRINT = "gitlab-runners.io/token-fingerprint"  # noqa: S105 - an annotation name
+SECRETS_FINGERPRINT = "gitlab-runners.io/secrets-fingerprint"
+# Secrets shared by the releases of the stack (names of objects, not credentials).
+CACHE_SECRET = "gitlab-runners-cache"  # noqa: S105
+CERTS_SECRET = "gitlab-runners-certs"  # noqa: S105
+# The keys the chart's entrypoint reads from the cache Secret, for each cache type.
+CACHE_SECRET_KEYS = {
+    "accessKey": "accesskey",
+    "secretKey": "secretkey",
+    "accessId": "gcs-access-id",
+    "privateKey": "gcs-private-key",
+    "accountName": "azure-account-name",
+    "accountKey": "azure-account-key",
+}
 # What the kubernetes executor needs in its namespace (gitlab-runner docs, executors/kubernetes):
 # without rules the chart would grant "*" on "*", and every runner manager could read every other
 # runner's token Secret.
@@ -53,10 +66,39 @@ class KubernetesRunnerArgs:
     allow_privileged: bool = False
     """The stack allows privileged job pods; recorded as a pod annotation the policy pack reads."""
 
+    cache: Cache | None = None
+    """The distributed cache every runner uses."""
 
-def token_fingerprint(token: str) -> str:
-    """A short hash of a token: it changes with the token and says nothing about it."""
-    return hashlib.sha256(token.encode()).hexdigest()[:16]
+    cache_credentials: Mapping[str, pulumi.Output[str]] | None = None
+    """Its credentials, secret: they go into one Secret the chart mounts (runners.cache.secretName)."""
+
+    gitlab_ca: str | None = None
+    """A private CA for GitLab, PEM: a Secret the chart mounts as its certs (certsSecretName)."""
+
+    readiness: Readiness = Readiness()
+    """Whether the release waits for ready runner pods, and how long."""
+
+    service_monitor: ServiceMonitor = ServiceMonitor()
+    """The chart's Prometheus Operator ServiceMonitor."""
+
+
+def fingerprint(*secrets: str) -> str:
+    """A short hash of secrets: it changes with any of them and says nothing about them."""
+    digest = hashlib.sha256()
+    for secret in secrets:
+        digest.update(hashlib.sha256(secret.encode()).digest())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ChartExtras:
+    """The optional parts of a release's values."""
+
+    cache: Cache | None = None
+    cache_secret: str | None = None
+    certs_secret: str | None = None
+    readiness: Readiness = Readiness()
+    service_monitor: ServiceMonitor = ServiceMonitor()
 
 
 def chart_values(
@@ -65,8 +107,9 @@ def chart_values(
     global_: GlobalSettings,
     gitlab_url: str,
     secret_name: str,
-    fingerprint: str,
+    secrets_fingerprint: str,
     allow_privileged: bool = False,
+    extras: ChartExtras = ChartExtras(),
 ) -> dict[str, Any]:
     """The chart's values for one runner. No token: the chart reads it from `runners.secret`."""
     service_account: dict[str, Any] = {"create": settings.service_account.create}
@@ -75,7 +118,21 @@ def chart_values(
     rbac: dict[str, Any] = {"create": settings.rbac.create, "clusterWideAccess": settings.rbac.cluster_wide_access}
     if settings.rbac.create:
         rbac["rules"] = RBAC_RULES
-    return {
+    metrics: dict[str, Any] = {"enabled": global_.metrics_enabled, "port": global_.metrics_port}
+    if extras.service_monitor.enabled:
+        metrics["serviceMonitor"] = {
+            "enabled": True,
+            "interval": extras.service_monitor.interval,
+            "labels": dict(extras.service_monitor.labels),
+        }
+    runners: dict[str, Any] = {
+        "secret": secret_name,
+        "name": runner.name,
+        "config": render_chart_runner_toml(runner, settings.namespace, extras.cache),
+    }
+    if extras.cache_secret is not None:
+        runners["cache"] = {"secretName": extras.cache_secret}
+    values: dict[str, Any] = {
         "gitlabUrl": gitlab_url,
         # Per runner manager pod: with replicas R the runner runs up to R x this many jobs.
         "concurrent": manager_concurrency(global_, [runner]),
@@ -88,11 +145,13 @@ def chart_values(
         "serviceAccount": service_account,
         "resources": {"requests": dict(settings.resources.requests), "limits": dict(settings.resources.limits)},
         # The chart always listens on :<port> when enabled; there is no listen address to set.
-        "metrics": {"enabled": global_.metrics_enabled, "port": global_.metrics_port},
+        "metrics": metrics,
+        # The metrics Service, which a ServiceMonitor selects.
+        "service": {"enabled": global_.metrics_enabled},
         "podAnnotations": {
-            # The chart's checksum/secrets does not cover a Secret it did not render: a new token (a
-            # re-created runner, a rotation) must roll the pods through this annotation.
-            TOKEN_FINGERPRINT: fingerprint,
+            # The chart's checksum/secrets does not cover Secrets it did not render: a new token (a
+            # re-created runner, a rotation) or new cache credentials must roll the pods through this.
+            SECRETS_FINGERPRINT: secrets_fingerprint,
             # Allowances the stack file made, visible to the policy pack.
             "gitlab-runners.io/allow-privileged": str(allow_privileged).lower(),
             "gitlab-runners.io/allow-cluster-wide-rbac": str(settings.rbac.cluster_wide_access).lower(),
@@ -109,16 +168,16 @@ def chart_values(
             "runAsUser": RUNNER_UID,
             "fsGroup": RUNNER_FS_GROUP,
         },
-        "runners": {
-            "secret": secret_name,
-            "name": runner.name,
-            "config": render_chart_runner_toml(runner, settings.namespace),
-        },
+        "runners": runners,
     }
+    if extras.certs_secret is not None:
+        values["certsSecretName"] = extras.certs_secret
+    return values
 
 
 class KubernetesRunner(pulumi.ComponentResource):
-    """The namespace (adopted, or created when asked), one token Secret and one chart release per runner."""
+    """The namespace (used as it is, or created when asked), the cache and CA Secrets, and per runner
+    a token Secret and a chart release."""
 
     namespace: pulumi.Output[str]
     release_names: dict[str, pulumi.Output[str]]
@@ -127,36 +186,74 @@ class KubernetesRunner(pulumi.ComponentResource):
         super().__init__(COMPONENT_TYPE, name, None, opts)
         settings = args.settings
         labels = {"app.kubernetes.io/managed-by": "pulumi", "app.kubernetes.io/part-of": "gitlab-runners"}
+        child = pulumi.ResourceOptions(parent=self)
 
         if settings.create_namespace:
             namespace = kubernetes.core.v1.Namespace(
                 f"{name}-namespace",
                 metadata=kubernetes.meta.v1.ObjectMetaArgs(name=settings.namespace, labels=labels),
-                opts=pulumi.ResourceOptions(parent=self),
+                opts=child,
             )
             self.namespace = namespace.metadata.name
         else:
             # Not a resource of the stack: the namespace must exist (GitLab itself often lives there),
             # and destroy never deletes it.
             self.namespace = pulumi.Output.from_input(settings.namespace)
+
+        def metadata(secret_name: str) -> kubernetes.meta.v1.ObjectMetaArgs:
+            return kubernetes.meta.v1.ObjectMetaArgs(name=secret_name, namespace=self.namespace, labels=labels)
+
+        secret_options = pulumi.ResourceOptions(parent=self, additional_secret_outputs=["data", "stringData"])
+        depends: list[pulumi.Resource] = []
+        cache_secret = certs_secret = None
+        credentials = dict(args.cache_credentials or {})
+        if args.cache is not None and credentials:
+            cache_secret = CACHE_SECRET
+            depends.append(
+                kubernetes.core.v1.Secret(
+                    f"{name}-cache",
+                    metadata=metadata(cache_secret),
+                    type="Opaque",
+                    string_data={CACHE_SECRET_KEYS[k]: v for k, v in credentials.items()},
+                    opts=secret_options,
+                )
+            )
+        if args.gitlab_ca is not None:
+            certs_secret = CERTS_SECRET
+            depends.append(
+                kubernetes.core.v1.Secret(
+                    f"{name}-certs",
+                    metadata=metadata(certs_secret),
+                    type="Opaque",
+                    # The runner reads ~/.gitlab-runner/certs/<GitLab host>.crt, where the chart mounts it.
+                    string_data={f"{gitlab_host(args.gitlab_url)}.crt": args.gitlab_ca},
+                    opts=child,
+                )
+            )
+        extras = ChartExtras(
+            cache=args.cache,
+            cache_secret=cache_secret,
+            certs_secret=certs_secret,
+            readiness=args.readiness,
+            service_monitor=args.service_monitor,
+        )
         self.release_names = {}
         for runner in args.runners:
             token = args.tokens[runner.name]
             secret = kubernetes.core.v1.Secret(
                 f"{name}-{runner.name}-token",
-                metadata=kubernetes.meta.v1.ObjectMetaArgs(
-                    name=f"{runner.name}-runner-token", namespace=self.namespace, labels=labels
-                ),
+                metadata=metadata(f"{runner.name}-runner-token"),
                 type="Opaque",
                 # The keys the chart mounts; the registration token is gone with the glrt- workflow.
-                string_data={
-                    "runner-token": token,
-                    "runner-registration-token": "",
-                },
-                opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["data", "stringData"]),
+                string_data={"runner-token": token, "runner-registration-token": ""},
+                opts=secret_options,
             )
-            # Deliberately not secret: a hash that identifies the token without revealing it.
-            fingerprint = pulumi.Output.unsecret(token.apply(token_fingerprint))
+            # Deliberately not secret: a hash that identifies the credentials without revealing them.
+            secrets_fingerprint = pulumi.Output.unsecret(
+                pulumi.Output.all(token, *(credentials[k] for k in sorted(credentials))).apply(
+                    lambda parts: fingerprint(*parts)
+                )
+            )
             release = kubernetes.helm.v3.Release(
                 f"{name}-{runner.name}",
                 name=f"{runner.name}-runner",
@@ -166,20 +263,29 @@ class KubernetesRunner(pulumi.ComponentResource):
                 if settings.chart.repository
                 else None,
                 namespace=self.namespace,
-                values=pulumi.Output.all(secret.metadata.name, fingerprint).apply(
-                    functools.partial(self._values, runner, args)
+                values=pulumi.Output.all(secret.metadata.name, secrets_fingerprint).apply(
+                    functools.partial(self._values, runner, args, extras)
                 ),
                 atomic=True,
                 cleanup_on_fail=True,
-                timeout=600,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[secret]),
+                # The readiness gate: the release succeeds once the runner pods are ready.
+                skip_await=not args.readiness.enabled,
+                timeout=args.readiness.timeout_seconds,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[secret, *depends]),
             )
             self.release_names[runner.name] = release.name
         self.register_outputs({"namespace": self.namespace, "releaseNames": self.release_names})
 
     @staticmethod
-    def _values(runner: Runner, args: KubernetesRunnerArgs, parts: list[str]) -> dict[str, Any]:
-        secret_name, fingerprint = parts
+    def _values(runner: Runner, args: KubernetesRunnerArgs, extras: ChartExtras, parts: list[str]) -> dict[str, Any]:
+        secret_name, secrets_fingerprint = parts
         return chart_values(
-            runner, args.settings, args.global_, args.gitlab_url, secret_name, fingerprint, args.allow_privileged
+            runner,
+            args.settings,
+            args.global_,
+            args.gitlab_url,
+            secret_name,
+            secrets_fingerprint,
+            args.allow_privileged,
+            extras,
         )

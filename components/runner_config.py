@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import tomli_w
 
 from components.settings import GlobalSettings, Runner
-from components.settings.model import JobResources
+from components.settings.model import Cache, JobResources
 
 
 def _executor_section(runner: Runner, namespace: str | None) -> dict[str, Any]:
@@ -68,6 +69,11 @@ def runner_table(
     return table
 
 
+def gitlab_host(url: str) -> str:
+    """The host name the runner files a custom CA under (`<config dir>/certs/<host>.crt`, no port)."""
+    return urlsplit(url).hostname or "gitlab"
+
+
 def manager_concurrency(global_: GlobalSettings, runners: Sequence[Runner]) -> int:
     """`concurrent` of one runner manager: the stack's value, else the sum of its runners' limits
     (one job per runner without limits)."""
@@ -76,12 +82,47 @@ def manager_concurrency(global_: GlobalSettings, runners: Sequence[Runner]) -> i
     return sum(r.limit for r in runners) or len(runners) or 1
 
 
+def cache_table(cache: Cache, credentials: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`[runners.cache]`. Credentials only where they go into the file (Docker); the chart's
+    pods take theirs from a Secret."""
+    table: dict[str, Any] = {"Type": cache.type, "Shared": cache.shared}
+    if cache.path:
+        table["Path"] = cache.path
+    creds = credentials or {}
+    if cache.s3 is not None:
+        s3: dict[str, Any] = {"BucketName": cache.s3.bucket_name, "Insecure": cache.s3.insecure}
+        s3["AuthenticationType"] = cache.s3.authentication_type
+        if cache.s3.server_address:
+            s3["ServerAddress"] = cache.s3.server_address
+        if cache.s3.bucket_location:
+            s3["BucketLocation"] = cache.s3.bucket_location
+        if "accessKey" in creds:
+            s3["AccessKey"], s3["SecretKey"] = creds["accessKey"], creds["secretKey"]
+        table["s3"] = s3
+    if cache.gcs is not None:
+        gcs: dict[str, Any] = {"BucketName": cache.gcs.bucket_name}
+        if "accessId" in creds:
+            gcs["AccessID"], gcs["PrivateKey"] = creds["accessId"], creds["privateKey"]
+        table["gcs"] = gcs
+    if cache.azure is not None:
+        azure: dict[str, Any] = {"ContainerName": cache.azure.container_name}
+        if cache.azure.storage_domain:
+            azure["StorageDomain"] = cache.azure.storage_domain
+        if "accountName" in creds:
+            azure["AccountName"], azure["AccountKey"] = creds["accountName"], creds["accountKey"]
+        table["azure"] = azure
+    return table
+
+
 def render_config_toml(
     global_: GlobalSettings,
     runners: Sequence[Runner],
     url: str,
     tokens: Mapping[str, str],
     listen_address: str | None = None,
+    cache: Cache | None = None,
+    cache_credentials: Mapping[str, str] | None = None,
+    ca_file: str | None = None,
 ) -> str:
     """The complete config.toml of a runner manager serving `runners`."""
     document: dict[str, Any] = {
@@ -92,11 +133,19 @@ def render_config_toml(
     }
     if listen_address is not None:
         document["listen_address"] = listen_address
-    document["runners"] = [runner_table(r, url, tokens[r.name]) for r in runners]
+    tables = []
+    for runner in runners:
+        table = runner_table(runner, url, tokens[runner.name])
+        if ca_file is not None:
+            table["tls-ca-file"] = ca_file
+        if cache is not None:
+            table["cache"] = cache_table(cache, cache_credentials)
+        tables.append(table)
+    document["runners"] = tables
     return tomli_w.dumps(document)
 
 
-def render_chart_runner_toml(runner: Runner, namespace: str) -> str:
+def render_chart_runner_toml(runner: Runner, namespace: str, cache: Cache | None = None) -> str:
     """`runners.config` for the official chart: the runner's section, token left to the chart's Secret.
 
     The pod's config.toml lives in an emptyDir and the chart re-registers from the Secret at every pod
@@ -104,5 +153,7 @@ def render_chart_runner_toml(runner: Runner, namespace: str) -> str:
     Secret would stop it: on Kubernetes the stack owns the token (rotation through the stack, README).
     """
     table = runner_table(runner, namespace=namespace)
+    if cache is not None:
+        table["cache"] = cache_table(cache)
     table["feature_flags"] = {"FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True}
     return tomli_w.dumps({"runners": [table]})

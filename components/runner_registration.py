@@ -59,7 +59,14 @@ class RunnerRegistration(pulumi.ComponentResource):
                 paused=runner.paused,
                 maximum_timeout=runner.maximum_timeout,
                 maintenance_note=runner.maintenance_note,
-                opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["token"]),
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    additional_secret_outputs=["token"],
+                    # A new generation is a new runner with a new token: created first, delivered to
+                    # the runner managers, and only then the old one deleted (its token revoked).
+                    replacement_trigger=runner.token_generation,
+                    delete_before_replace=False,
+                ),
             )
             self.tokens[runner.name] = pulumi.Output.secret(created.token)
             self.runner_ids[runner.name] = created.id

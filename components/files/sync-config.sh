@@ -31,6 +31,12 @@ mask() { sed 's/glrt-[A-Za-z0-9_.-]*/glrt-[MASKED]/g'; }
 [ -s "$staged" ] || fail "no staged config at $staged"
 mkdir -p "$dir"
 touch "$seeds"
+# A private CA for GitLab goes where the runner looks for it (<config dir>/certs/<host>.crt).
+if [ -d "$(dirname "$staged")/certs" ]; then
+  mkdir -p "$dir/certs"
+  cp "$(dirname "$staged")"/certs/*.crt "$dir/certs/"
+  chmod 0644 "$dir"/certs/*.crt
+fi
 
 # Fields of each [[runners]] table's own part (not its subtables), as "name<TAB>key = value" lines,
 # whatever the order of the keys (the runner writes `name` first, a map encoder sorts them).
@@ -58,10 +64,11 @@ unquote() { sed 's/^[^=]*=[[:space:]]*"//; s/"[[:space:]]*$//'; }
 credentials="$work/credentials"
 : > "$credentials"
 : > "$work/seeds"
-runner_lines "$staged" "url token" | sort > "$work/staged-fields"
+runner_lines "$staged" "url token tls-ca-file" | sort > "$work/staged-fields"
 for name in $(cut -f1 "$work/staged-fields" | sort -u); do
   token="$(grep "^$name	token[[:space:]]*=" "$work/staged-fields" | cut -f2 | unquote)"
   url="$(grep "^$name	url[[:space:]]*=" "$work/staged-fields" | cut -f2 | unquote)"
+  ca_file="$(grep "^$name	tls-ca-file[[:space:]]*=" "$work/staged-fields" | cut -f2 | unquote)"
   [ -n "$token" ] && [ -n "$url" ] || fail "runner $name has no url or token in the staged config"
   hash="$(printf '%s' "$token" | sha256sum | cut -c1-64)"
   echo "$name $hash" >> "$work/seeds"
@@ -75,8 +82,8 @@ for name in $(cut -f1 "$work/staged-fields" | sort -u); do
   reg="$work/register-$name"
   mkdir -p "$reg"
   [ -f "$dir/.runner_system_id" ] && cp "$dir/.runner_system_id" "$reg/.runner_system_id"
-  if ! CI_SERVER_TOKEN="$token" "$runner" register --non-interactive --config "$reg/config.toml" \
-    --url "$url" --name "$name" --executor shell > "$reg/log" 2>&1; then
+  if ! CI_SERVER_TOKEN="$token" CI_SERVER_TLS_CA_FILE="$ca_file" "$runner" register --non-interactive \
+    --config "$reg/config.toml" --url "$url" --name "$name" --executor shell > "$reg/log" 2>&1; then
     mask < "$reg/log" >&2
     fail "GitLab did not accept the token of runner $name at $url (see above); nothing was changed"
   fi

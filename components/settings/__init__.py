@@ -33,6 +33,7 @@ from components.settings.problems import Problem, SettingsError, from_validation
 from components.settings.resolve import (
     GlobalSettings,
     Settings,
+    read_gitlab_ca,
     resolve_docker,
     resolve_global,
     resolve_kubernetes,
@@ -71,6 +72,7 @@ def parse_settings(
     dry_run: bool = False,
     gitlab_token_is_secret: bool = True,
     docker_tls_names: frozenset[str] = frozenset(),
+    cache_credential_keys: frozenset[str] | None = None,
 ) -> Settings:
     """Validate the project's config values (keys without the `gitlab-runners:` prefix).
 
@@ -93,6 +95,7 @@ def parse_settings(
         has_gitlab_token=has_gitlab_token,
         gitlab_token_is_secret=gitlab_token_is_secret,
         docker_tls_names=docker_tls_names,
+        cache_credential_keys=cache_credential_keys,
         dry_run=dry_run,
     )
     problems += rules.problems(config, context)
@@ -104,6 +107,9 @@ def parse_settings(
             warnings.append(f"{missing} (preview continues; `pulumi up` will stop here)")
         else:
             problems.append(missing)
+    gitlab_ca, ca_problem = read_gitlab_ca(config)
+    if ca_problem is not None:
+        problems.append(ca_problem)
     if problems:
         raise SettingsError(problems)
 
@@ -118,6 +124,9 @@ def parse_settings(
         global_=global_,
         allow_privileged=config.allow_privileged,
         existing_token_names=existing_token_names,
+        cache=config.cache,
+        gitlab_ca=gitlab_ca,
+        readiness=config.readiness,
         docker=resolve_docker(config.docker or DockerTarget(), stack) if config.target == "docker" else None,
         kubernetes=resolve_kubernetes(config.kubernetes or KubernetesTarget())
         if config.target == "kubernetes"
@@ -137,6 +146,7 @@ def load_settings() -> tuple[Settings, Secrets]:
         has_gitlab_token=secrets.gitlab_token is not None,
         gitlab_token_is_secret=secrets.gitlab_token_is_secret,
         docker_tls_names=frozenset(secrets.docker_tls),
+        cache_credential_keys=None if secrets.cache_credentials is None else frozenset(secrets.cache_credentials),
         extra_problems=tuple(secret_problems),
         dry_run=pulumi.runtime.is_dry_run(),
     )

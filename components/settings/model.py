@@ -184,6 +184,13 @@ class Runner(Section):
         ["always"], ["if-not-present"], "job image pull policy", min_length=1, max_length=3
     )
     job_resources: JobResources | None = key(None, {"cpuLimit": "2", "memoryLimit": "2Gi"}, "kubernetes executor only")
+    token_generation: int = key(
+        1,
+        2,
+        "raise it to rotate the token: a new runner is created in GitLab, reaches the runner, then the old one goes",
+        ge=1,
+        le=MAX_ID,
+    )
     hosts: list[Name] | None = key(
         None, ["build-1"], "Docker target: the hosts this runner runs on; default all", min_length=1
     )
@@ -336,6 +343,12 @@ class ServiceAccount(Section):
     name: Name | None = key(None, "gitlab-runner", "its name; default the chart's")
 
 
+class ServiceMonitor(Section):
+    enabled: bool = key(False, True, "create it (the cluster needs the monitoring.coreos.com CRDs)")
+    interval: Annotated[str, StringConstraints(pattern=r"^[0-9]+(s|m)$")] = key("30s", "15s", "scrape interval")
+    labels: dict[LabelKey, LabelValue] = key({}, {"release": "prometheus"}, "labels the Prometheus selects on")
+
+
 class KubernetesTarget(Section):
     """The Kubernetes target: the official chart, one release per runner."""
 
@@ -357,6 +370,73 @@ class KubernetesTarget(Section):
         None, "prod-cluster", "the kubeconfig context; default its current one"
     )
     termination_grace_period_seconds: int = key(3600, 3600, "time running jobs get on a rollout", ge=0, le=ONE_DAY)
+    service_monitor: ServiceMonitor = key(
+        ServiceMonitor(),
+        {"enabled": True},
+        "a Prometheus Operator ServiceMonitor for the metrics (needs metrics.enabled)",
+    )
+
+
+class CacheS3(Section):
+    server_address: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")] | None = key(
+        None, "s3.amazonaws.com", "S3 endpoint, host[:port]; default AWS"
+    )
+    bucket_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")] = key(
+        ..., "runner-cache", "the bucket"
+    )
+    bucket_location: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = key(
+        None, "eu-west-1", "the bucket's region"
+    )
+    insecure: bool = key(False, False, "plain HTTP to the endpoint (a local MinIO, say)")
+    authentication_type: Literal["access-key", "iam"] = key(
+        "access-key", "iam", "`access-key` (cacheCredentials) or `iam` (the host's or pod's role)"
+    )
+
+
+class CacheGcs(Section):
+    bucket_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")] = key(
+        ..., "runner-cache", "the bucket"
+    )
+
+
+class CacheAzure(Section):
+    container_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9](-?[a-z0-9]){2,62}$")] = key(
+        ..., "runner-cache", "the blob container"
+    )
+    storage_domain: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]+$")] | None = key(
+        None, "blob.core.windows.net", "the storage domain"
+    )
+
+
+class Cache(Section):
+    """The distributed cache every runner of the stack uses; credentials in the secret cacheCredentials."""
+
+    type: Literal["s3", "gcs", "azure"] = key(..., "s3", "the cache service")
+    path: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{1,256}$")] | None = key(
+        None, "runners/prod", "a prefix inside the bucket"
+    )
+    shared: bool = key(False, True, "share the cache between runners")
+    s3: CacheS3 | None = key(None, {"bucketName": "runner-cache", "bucketLocation": "eu-west-1"}, "with type s3")
+    gcs: CacheGcs | None = key(None, {"bucketName": "runner-cache"}, "with type gcs")
+    azure: CacheAzure | None = key(None, {"containerName": "runner-cache"}, "with type azure")
+
+
+class GitlabCa(Section):
+    """The CA that signed a self-hosted GitLab's certificate (public; not a secret)."""
+
+    file: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
+        None, "./certs/gitlab-ca.pem", "a PEM file, relative to the project"
+    )
+    pem: Annotated[str, StringConstraints(pattern=r"-----BEGIN CERTIFICATE-----")] | None = key(
+        None, "-----BEGIN CERTIFICATE-----...", "the PEM text itself"
+    )
+
+
+class Readiness(Section):
+    """`pulumi up` succeeds only when the runners are up."""
+
+    enabled: bool = key(True, False, "wait for healthy runner containers / ready runner pods")
+    timeout_seconds: int = key(300, 600, "how long to wait before failing", ge=10, le=ONE_DAY)
 
 
 class StackConfig(Section):
@@ -380,6 +460,11 @@ class StackConfig(Section):
     )
     log_level: LogLevel = key("info", "debug", "the runner's log level")
     metrics: Metrics = key(Metrics(), {"enabled": True}, "Prometheus metrics")
+    readiness: Readiness = key(Readiness(), {"timeoutSeconds": 600}, "the readiness gate of `pulumi up`")
+    cache: Cache | None = key(
+        None, {"type": "s3", "s3": {"bucketName": "runner-cache"}}, "the distributed cache (S3, GCS or Azure)"
+    )
+    gitlab_ca: GitlabCa | None = key(None, {"file": "./certs/gitlab-ca.pem"}, "a private CA for a self-hosted GitLab")
     runners: list[Runner] | None = key(
         None,
         [{"name": "docker-1", "executor": "docker"}],
@@ -394,5 +479,8 @@ class StackConfig(Section):
 # Keys of the project's namespace read as secrets, not through the model (secrets.py).
 SECRET_KEYS = {
     "runnerTokens": "runner name -> glrt- token of a runner created outside the stack",
+    "cacheCredentials": (
+        "{accessKey, secretKey} (s3), {accessId, privateKey} (gcs) or {accountName, accountKey} (azure)"
+    ),
     "dockerTls": "Docker host name -> {caCert, cert, key} PEM for a tcp:// host (instead of certPath)",
 }

@@ -6,19 +6,24 @@ The components read only resolved settings: every optional key they use has its 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from components.settings.model import (
     CHART_REPOSITORY,
     CHART_VERSION,
     DEFAULT_JOB_IMAGE,
     EXECUTORS,
+    PROJECT,
+    Cache,
     DockerTarget,
     ImageBuild,
     KubernetesTarget,
+    Readiness,
     Runner,
     StackConfig,
     Target,
 )
+from components.settings.problems import Problem
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,11 @@ class Settings:
     global_: GlobalSettings
     allow_privileged: bool
     existing_token_names: frozenset[str]
+    cache: Cache | None = None
+    """The distributed cache every runner uses (credentials in Secrets)."""
+    gitlab_ca: str | None = None
+    """The PEM of the CA that signed GitLab's certificate, for a self-hosted instance."""
+    readiness: Readiness = Readiness()
     docker: DockerTarget | None = None
     kubernetes: KubernetesTarget | None = None
     warnings: tuple[str, ...] = ()
@@ -57,6 +67,25 @@ class Settings:
     def runners_to_create(self) -> tuple[Runner, ...]:
         """Runners created through the GitLab API (those without an existing token)."""
         return tuple(r for r in self.runners if r.name not in self.existing_token_names)
+
+
+def read_gitlab_ca(config: StackConfig) -> tuple[str | None, Problem | None]:
+    """The CA's PEM, from the stack file or a file next to it (relative to the project)."""
+    ca = config.gitlab_ca
+    if ca is None:
+        return None, None
+    if ca.pem is not None:
+        return ca.pem, None
+    path = Path(str(ca.file)).expanduser()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        return None, Problem(
+            f"{PROJECT}:gitlabCa.file", f"cannot be read ({error.__class__.__name__})", "file: ./certs/gitlab-ca.pem"
+        )
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        return None, Problem(f"{PROJECT}:gitlabCa.file", "holds no PEM certificate", "file: ./certs/gitlab-ca.pem")
+    return text, None
 
 
 def resolve_runners(config: StackConfig, stack: str) -> tuple[Runner, ...]:

@@ -25,7 +25,13 @@ GITLAB_SIDE = (
     "paused",
     "maximumTimeout",
     "maintenanceNote",
+    "tokenGeneration",
 )
+CACHE_CREDENTIALS = {
+    "s3": ("accessKey", "secretKey"),
+    "gcs": ("accessId", "privateKey"),
+    "azure": ("accountName", "accountKey"),
+}
 TOKEN_SCOPES = "create_runner and manage_runner (or api)"  # noqa: S105 - scope names
 
 
@@ -37,6 +43,8 @@ class Context:
     has_gitlab_token: bool = False
     gitlab_token_is_secret: bool = True
     docker_tls_names: frozenset[str] = frozenset()
+    cache_credential_keys: frozenset[str] | None = None
+    """The keys of the secret cacheCredentials, None when it is not set."""
     dry_run: bool = False
 
 
@@ -188,12 +196,54 @@ def docker_host_problems(config: StackConfig, context: Context) -> Iterator[Prob
         )
 
 
+def feature_problems(config: StackConfig, context: Context) -> Iterator[Problem]:
+    cache = config.cache
+    if cache is not None:
+        for kind in ("s3", "gcs", "azure"):
+            section = getattr(cache, kind)
+            if kind == cache.type and section is None:
+                yield Problem(
+                    _key(f"cache.{kind}"), f'is required with type "{kind}"', f"{kind}: {{bucketName: runner-cache}}"
+                )
+            elif kind != cache.type and section is not None:
+                yield Problem(_key(f"cache.{kind}"), f'does not apply to type "{cache.type}"', "remove it")
+        iam = cache.type == "s3" and cache.s3 is not None and cache.s3.authentication_type == "iam"
+        needed = frozenset(CACHE_CREDENTIALS[cache.type])
+        example = f"pulumi config set --secret --path '{_key('cacheCredentials')}.{CACHE_CREDENTIALS[cache.type][0]}'"
+        keys = context.cache_credential_keys
+        if iam and keys is not None:
+            yield Problem(_key("cacheCredentials"), "is not used with authenticationType iam", "remove it")
+        elif not iam and keys != needed:
+            have = "not set" if keys is None else f"has {', '.join(sorted(keys)) or 'nothing'}"
+            yield Problem(
+                _key("cacheCredentials"),
+                f"must hold {' and '.join(CACHE_CREDENTIALS[cache.type])} for a {cache.type} cache ({have})",
+                example,
+            )
+    elif context.cache_credential_keys is not None:
+        yield Problem(_key("cacheCredentials"), f"is set but {_key('cache')} is not", "remove it, or set cache")
+    ca = config.gitlab_ca
+    if ca is not None and (ca.file is None) == (ca.pem is None):
+        yield Problem(
+            _key("gitlabCa"), "must have exactly one of file and pem", "gitlabCa: {file: ./certs/gitlab-ca.pem}"
+        )
+    if ca is not None and not config.gitlab_url.startswith("https://"):
+        yield Problem(_key("gitlabCa"), "only applies to an https:// gitlabUrl", "remove it")
+    if config.kubernetes is not None and config.kubernetes.service_monitor.enabled and not config.metrics.enabled:
+        yield Problem(
+            _key("kubernetes.serviceMonitor.enabled"),
+            f"needs {_key('metrics.enabled')}: true (the monitor scrapes the metrics port)",
+            "metrics: {enabled: true}",
+        )
+
+
 def problems(config: StackConfig, context: Context) -> list[Problem]:
     return [
         *target_problems(config),
         *runner_problems(config),
         *docker_host_problems(config, context),
         *token_problems(config, context),
+        *feature_problems(config, context),
     ]
 
 

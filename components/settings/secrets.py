@@ -19,6 +19,7 @@ from components.settings.problems import Problem
 
 RUNNER_TOKENS = "runnerTokens"
 DOCKER_TLS = "dockerTls"
+CACHE_CREDENTIALS = "cacheCredentials"
 TLS_PARTS = ("caCert", "cert", "key")
 
 
@@ -39,6 +40,8 @@ class Secrets:
     gitlab_token_is_secret: bool = True
     runner_tokens: dict[str, pulumi.Output[str]] = field(default_factory=dict)
     docker_tls: dict[str, DockerTls] = field(default_factory=dict)
+    cache_credentials: dict[str, pulumi.Output[str]] | None = None
+    """The cache service's credentials by key (accessKey, secretKey, ...), None when not set."""
 
 
 def _is_text(annotation: Any) -> bool:
@@ -120,10 +123,25 @@ def docker_tls(values: dict[str, Any], is_secret: bool) -> tuple[dict[str, dict[
     return found, problems
 
 
+def cache_credentials(values: dict[str, Any], is_secret: bool) -> tuple[dict[str, str] | None, list[Problem]]:
+    """The distributed cache's credentials (popped from `values`): a secret object of strings."""
+    key = f"{PROJECT}:{CACHE_CREDENTIALS}"
+    example = f"pulumi config set --secret --path '{key}.accessKey'  (likewise secretKey)"
+    raw = values.pop(CACHE_CREDENTIALS, None)
+    if raw is None:
+        return None, []
+    if not is_secret:
+        return None, [Problem(key, "must be stored as a secret (it holds the cache's credentials)", example)]
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in raw.items()):
+        return None, [Problem(key, "must be an object of non-empty strings", example)]
+    return dict(raw), []
+
+
 def read_secrets(values: dict[str, Any]) -> tuple[Secrets, list[Problem]]:
     """Take the secrets out of `values` (they never reach the model) and check how they are stored."""
     tokens, problems = runner_tokens(values, runtime_config.is_config_secret(f"{PROJECT}:{RUNNER_TOKENS}"))
     tls, tls_problems = docker_tls(values, runtime_config.is_config_secret(f"{PROJECT}:{DOCKER_TLS}"))
+    cache, cache_problems = cache_credentials(values, runtime_config.is_config_secret(f"{PROJECT}:{CACHE_CREDENTIALS}"))
     gitlab_token = pulumi.Config("gitlab").get_secret("token")
     secrets = Secrets(
         gitlab_token=gitlab_token,
@@ -132,5 +150,6 @@ def read_secrets(values: dict[str, Any]) -> tuple[Secrets, list[Problem]]:
         docker_tls={
             host: DockerTls(*(pulumi.Output.secret(parts[p]) for p in TLS_PARTS)) for host, parts in tls.items()
         },
+        cache_credentials=None if cache is None else {k: pulumi.Output.secret(v) for k, v in cache.items()},
     )
-    return secrets, problems + tls_problems
+    return secrets, problems + tls_problems + cache_problems

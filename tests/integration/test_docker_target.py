@@ -248,6 +248,24 @@ def test_a_settings_change_reaches_the_running_runner_without_replacing_it(deplo
     wait_for("a poll after the reload", lambda: polled_since(d.gitlab, d.tokens["e2e-shell"], since), seconds=30)
 
 
+def test_a_token_gitlab_refuses_fails_up_and_changes_nothing(deployment: Deployment) -> None:
+    d = deployment
+    before = d.config_toml(d.shell_container)
+    tokens = {**d.tokens, "e2e-shell": "glrt-not-known-to-gitlab-12345"}
+    d.stack.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps(tokens), secret=True))
+    with pytest.raises(auto.CommandError) as caught:
+        d.up()
+    output = str(caught.value)
+    assert f"the config sync of {d.shell_container} exited 1" in output
+    assert "glrt-not-known-to-gitlab-12345" not in output
+    assert d.config_toml(d.shell_container) == before  # the runner keeps its working config
+    since = time.time()
+    wait_for("the runner to go on polling", lambda: polled_since(d.gitlab, d.tokens["e2e-shell"], since), seconds=30)
+    # Put right, the next up installs it.
+    d.stack.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps(d.tokens), secret=True))
+    assert d.up().summary.result == "succeeded"
+
+
 def test_a_killed_runner_is_restarted_and_polls_again(deployment: Deployment) -> None:
     d = deployment
     before = d.engine.inspect("container", d.shell_container)

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from pulumi import automation as auto
 
-from components.kubernetes_runner import RBAC_RULES, TOKEN_FINGERPRINT, chart_values, token_fingerprint
+from components.kubernetes_runner import RBAC_RULES, SECRETS_FINGERPRINT, chart_values, fingerprint
 from components.settings import CHART_VERSION, parse_settings
 from tests.integration.conftest import ROOT, Project, stack
 from tests.integration.local_cluster import Cluster, local_cluster
@@ -106,7 +106,7 @@ def test_the_official_chart_renders_what_the_runner_needs(tmp_path: Path) -> Non
     # The chart's own checksum covers only the secrets it renders (none here: sha256 of ""), so only
     # the program's fingerprint can roll the pods when the token changes.
     assert annotations["checksum/secrets"] == hashlib.sha256(b"").hexdigest()
-    assert annotations[TOKEN_FINGERPRINT] == "0123456789abcdef"
+    assert annotations[SECRETS_FINGERPRINT] == "0123456789abcdef"
     # The token reaches the pod only from the program's Secret, mounted by key.
     projected = next(v for v in pod["spec"]["volumes"] if v["name"] == "projected-secrets")["projected"]["sources"]
     secret = next(s["secret"] for s in projected if s.get("secret", {}).get("name") == "prod-k8s-runner-token")
@@ -149,7 +149,7 @@ def wait_rolled_out(cluster: Cluster, fingerprint: str, seconds: float = 120) ->
             template = last["spec"]["template"]["metadata"].get("annotations", {})
             status = last.get("status", {})
             if (
-                template.get(TOKEN_FINGERPRINT) == fingerprint
+                template.get(SECRETS_FINGERPRINT) == fingerprint
                 and status.get("updatedReplicas") == last["spec"]["replicas"]
                 and status.get("readyReplicas") == last["spec"]["replicas"]
                 and status.get("replicas") == last["spec"]["replicas"]
@@ -186,7 +186,7 @@ def test_prod_stack_up_token_change_preview_destroy(project: Project, cluster: C
         assert base64.b64decode(secret["data"].get("runner-registration-token", "")) == b""
         if official:
             # The release waited for the runner pods (kwok marks them Ready).
-            rolled = wait_rolled_out(cluster, token_fingerprint(FAKE_TOKEN), seconds=30)
+            rolled = wait_rolled_out(cluster, fingerprint(FAKE_TOKEN), seconds=30)
             assert rolled["spec"]["replicas"] == 2
             role = cluster.get(
                 "/apis/rbac.authorization.k8s.io/v1/namespaces/gitlab/roles/prod-k8s-runner-gitlab-runner"
@@ -226,7 +226,7 @@ def test_prod_stack_up_token_change_preview_destroy(project: Project, cluster: C
         assert again["metadata"]["uid"] == secret_uid
         assert base64.b64decode(again["data"]["runner-token"]).decode() == ROTATED_TOKEN
         if official:
-            wait_rolled_out(cluster, token_fingerprint(ROTATED_TOKEN), seconds=60)
+            wait_rolled_out(cluster, fingerprint(ROTATED_TOKEN), seconds=60)
         assert ROTATED_TOKEN not in changed.stdout + changed.stderr
     finally:
         destroyed = prod.destroy(color="never")

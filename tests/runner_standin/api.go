@@ -15,7 +15,8 @@ import (
 )
 
 // client talks to one GitLab instance with the runner's TLS rules: the CA in tls-ca-file, else
-// <config dir>/certs/<host>.crt when present, else the system's roots.
+// <default config dir>/certs/<host>.crt when present (/etc/gitlab-runner as root, ~/.gitlab-runner
+// otherwise, whatever --config says), else the system's roots.
 type client struct {
 	base     string
 	http     *http.Client
@@ -30,7 +31,7 @@ func newClient(runner RunnerConfig, configFile, systemID string, m *metrics) (*c
 	}
 	caFile := runner.TLSCAFile
 	if caFile == "" {
-		candidate := filepath.Join(filepath.Dir(configFile), "certs", parsed.Hostname()+".crt")
+		candidate := filepath.Join(defaultConfigDir(), "certs", parsed.Hostname()+".crt")
 		if _, err := os.Stat(candidate); err == nil {
 			caFile = candidate
 		}
@@ -57,6 +58,14 @@ func newClient(runner RunnerConfig, configFile, systemID string, m *metrics) (*c
 		metrics:  m,
 		systemID: systemID,
 	}, nil
+}
+
+func defaultConfigDir() string {
+	if os.Geteuid() == 0 {
+		return "/etc/gitlab-runner"
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".gitlab-runner")
 }
 
 type response struct {

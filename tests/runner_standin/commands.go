@@ -60,7 +60,11 @@ func register(opts map[string]string) error {
 	if err != nil {
 		return err
 	}
-	api, err := newClient(RunnerConfig{Name: name, URL: serverURL}, path, id, nil)
+	caFile := opts["tls-ca-file"]
+	if caFile == "" {
+		caFile = os.Getenv("CI_SERVER_TLS_CA_FILE")
+	}
+	api, err := newClient(RunnerConfig{Name: name, URL: serverURL, TLSCAFile: caFile}, path, id, nil)
 	if err != nil {
 		return err
 	}

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from components import docker_health
 from tests.unit.mocks import RecordingMocks, install
 
 MOCKS = RecordingMocks()
 install(MOCKS)
+# The readiness gate asks a host's Docker API; under mocks there is no container to ask. The answer
+# "healthy" is recorded so tests can see the gate ran.
+GATE_ASKED: list[tuple[str, str]] = []
+
+
+def _healthy(engine: docker_health.Engine, container: str, timeout: float = 10) -> dict[str, Any]:
+    GATE_ASKED.append((engine.host, container))
+    return {"State": {"Running": True, "Health": {"Status": "healthy", "Log": []}}}
+
+
+REAL_INSPECT = docker_health.inspect
+docker_health.inspect = _healthy
 
 
 @pytest.fixture()

@@ -47,6 +47,7 @@ class Recorded:
     inputs: dict[str, Any]
     provider: str | None
     secret_inputs: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def _fake_id(name: str) -> str:
@@ -59,6 +60,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.resources: list[Recorded] = []
         self._secret_inputs: dict[str, list[str]] = {}
+        self._options: dict[str, dict[str, Any]] = {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         outputs = dict(args.inputs)
@@ -71,7 +73,14 @@ class RecordingMocks(pulumi.runtime.Mocks):
         elif args.typ == "kubernetes:helm.sh/v3:Release":
             outputs.setdefault("name", args.name)
         self.resources.append(
-            Recorded(args.typ, args.name, unwrap(args.inputs), args.provider, self._secret_inputs.pop(args.name, []))
+            Recorded(
+                args.typ,
+                args.name,
+                unwrap(args.inputs),
+                args.provider,
+                self._secret_inputs.pop(args.name, []),
+                self._options.pop(args.name, {}),
+            )
         )
         return rid, outputs
 
@@ -97,6 +106,14 @@ class _CapturingMonitor(MockMonitor):
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method's name
         raw = json_format.MessageToDict(request.object)
         self._recording._secret_inputs[request.name] = secret_paths(raw)
+        # The resource options the engine acts on that the tests check.
+        self._recording._options[request.name] = {
+            "deleteBeforeReplace": request.deleteBeforeReplace,
+            "replacementTrigger": json_format.MessageToDict(request.replacement_trigger)
+            if request.HasField("replacement_trigger")
+            else None,
+            "customTimeouts": json_format.MessageToDict(request.customTimeouts),
+        }
         return super().RegisterResource(request)  # type: ignore[no-untyped-call]
 
 

@@ -45,6 +45,15 @@ def main() -> None:
 
     gitlab_access.fetch_token_info = token_info  # type: ignore[assignment]
 
+    # Nor any Docker API: the readiness gate's question is answered "healthy", and recorded.
+    from components import docker_health
+
+    def healthy(engine: docker_health.Engine, container: str, timeout: float = 10) -> dict[str, Any]:
+        result.setdefault("gate_asked", []).append(engine.host)
+        return {"State": {"Running": True, "Health": {"Status": "healthy", "Log": []}}}
+
+    docker_health.inspect = healthy
+
     def run_main() -> None:
         runpy.run_path(str(program / "__main__.py"), run_name="__main__")
 

@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 
 from components.docker_host import DockerHost, DockerHostArgs
-from components.kubernetes_runner import TOKEN_FINGERPRINT, KubernetesRunner, KubernetesRunnerArgs, token_fingerprint
+from components.kubernetes_runner import SECRETS_FINGERPRINT, KubernetesRunner, KubernetesRunnerArgs, fingerprint
 from components.runner_image import RunnerImage, RunnerImageArgs
 from components.runner_registration import RunnerRegistration, RunnerRegistrationArgs
 from components.settings import Settings, parse_settings
@@ -260,8 +260,8 @@ def test_concurrency_is_per_manager_pod(mocks: RecordingMocks) -> None:
 
 def test_a_token_change_rolls_the_pods_without_revealing_the_token(mocks: RecordingMocks) -> None:
     _kubernetes(mocks)
-    first = {r.name: r.inputs["values"]["podAnnotations"][TOKEN_FINGERPRINT] for r in mocks.by_type(RELEASE)}
-    assert first["kr-k1"] == token_fingerprint("glrt-k1") != first["kr-k2"]
+    first = {r.name: r.inputs["values"]["podAnnotations"][SECRETS_FINGERPRINT] for r in mocks.by_type(RELEASE)}
+    assert first["kr-k1"] == fingerprint("glrt-k1") != first["kr-k2"]
     assert "glrt-k1" not in first["kr-k1"]
     mocks.resources.clear()
     s = settings("kubernetes", runners=[{"name": "k1"}])
@@ -279,7 +279,7 @@ def test_a_token_change_rolls_the_pods_without_revealing_the_token(mocks: Record
         )
     )
     (release,) = mocks.by_type(RELEASE)
-    assert release.inputs["values"]["podAnnotations"][TOKEN_FINGERPRINT] != first["kr-k1"]
+    assert release.inputs["values"]["podAnnotations"][SECRETS_FINGERPRINT] != first["kr-k1"]
     assert release.secret_inputs == []
 
 
