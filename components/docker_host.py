@@ -7,7 +7,7 @@ so `pulumi up --target` on one host works, and an unreachable host fails only it
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_docker as docker
@@ -73,7 +73,7 @@ class DockerHostArgs:
     gitlab_ca: str | None = None
     """A private CA for GitLab, PEM."""
 
-    readiness: Readiness = Readiness()
+    readiness: Readiness = field(default_factory=Readiness)
     """The readiness gate."""
 
 

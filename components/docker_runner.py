@@ -11,7 +11,7 @@ rotated itself is never overwritten.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pulumi
@@ -84,7 +84,7 @@ class DockerRunnerArgs:
     gitlab_ca: str | None = None
     """The PEM of a private CA for GitLab; installed where the runner looks for it."""
 
-    readiness: Readiness = Readiness()
+    readiness: Readiness = field(default_factory=Readiness)
     """Whether `pulumi up` waits for a healthy runner, and how long."""
 
     engine: Engine | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -75,10 +75,10 @@ class KubernetesRunnerArgs:
     gitlab_ca: str | None = None
     """A private CA for GitLab, PEM: a Secret the chart mounts as its certs (certsSecretName)."""
 
-    readiness: Readiness = Readiness()
+    readiness: Readiness = field(default_factory=Readiness)
     """Whether the release waits for ready runner pods, and how long."""
 
-    service_monitor: ServiceMonitor = ServiceMonitor()
+    service_monitor: ServiceMonitor = field(default_factory=ServiceMonitor)
     """The chart's Prometheus Operator ServiceMonitor."""
 
 
@@ -97,8 +97,8 @@ class ChartExtras:
     cache: Cache | None = None
     cache_secret: str | None = None
     certs_secret: str | None = None
-    readiness: Readiness = Readiness()
-    service_monitor: ServiceMonitor = ServiceMonitor()
+    readiness: Readiness = field(default_factory=Readiness)
+    service_monitor: ServiceMonitor = field(default_factory=ServiceMonitor)
 
 
 def chart_values(

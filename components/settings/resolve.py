@@ -5,7 +5,7 @@ The components read only resolved settings: every optional key they use has its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.settings.model import (
@@ -57,7 +57,7 @@ class Settings:
     """The distributed cache every runner uses (credentials in Secrets)."""
     gitlab_ca: str | None = None
     """The PEM of the CA that signed GitLab's certificate, for a self-hosted instance."""
-    readiness: Readiness = Readiness()
+    readiness: Readiness = field(default_factory=Readiness)
     docker: DockerTarget | None = None
     kubernetes: KubernetesTarget | None = None
     warnings: tuple[str, ...] = ()

@@ -179,10 +179,10 @@ def test_ca_from_a_file(tmp_path: Path) -> None:
     (tmp_path / "ca.pem").write_text(PEM)
     s = settings("docker", gitlabUrl="https://git.internal", gitlabCa={"file": str(tmp_path / "ca.pem")})
     assert s.gitlab_ca == PEM
-    with pytest.raises(SettingsError, match="gitlab-runners:gitlabCa.file cannot be read"):
+    with pytest.raises(SettingsError, match=r"gitlab-runners:gitlabCa\.file cannot be read"):
         settings("docker", gitlabUrl="https://git.internal", gitlabCa={"file": str(tmp_path / "missing.pem")})
     (tmp_path / "not.pem").write_text("hello")
-    with pytest.raises(SettingsError, match="gitlab-runners:gitlabCa.file holds no PEM certificate"):
+    with pytest.raises(SettingsError, match=r"gitlab-runners:gitlabCa\.file holds no PEM certificate"):
         settings("docker", gitlabUrl="https://git.internal", gitlabCa={"file": str(tmp_path / "not.pem")})
     with pytest.raises(SettingsError, match="gitlab-runners:gitlabCa only applies to an https:// gitlabUrl"):
         settings("docker", gitlabUrl="http://git.internal", gitlabCa={"pem": PEM})
