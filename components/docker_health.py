@@ -95,10 +95,13 @@ def seen(state: dict[str, Any]) -> str:
     last = str(log[-1].get("Output", "")).strip() if log else "no health check has run yet"
     if not state.get("Running"):
         return f"{state.get('Status', 'not running')} (exit code {state.get('ExitCode')}): {last}"
-    return f"{health.get('Status', 'no health check')}: {last}"
+    status = str(health.get("Status", "no health check"))
+    return last if last.startswith(status) else f"{status}: {last}"
 
 
-def wait_healthy(engine: Engine, container: str, runners: list[str], timeout: float, every: float = 2) -> None:
+def wait_healthy(
+    engine: Engine, container: str, runners: list[str], timeout: float, every: float = 2, name: str | None = None
+) -> None:
     """Return once the container is healthy; raise naming it, its runners and what was seen."""
     deadline = time.monotonic() + timeout
     last = "not inspected yet"
@@ -112,7 +115,7 @@ def wait_healthy(engine: Engine, container: str, runners: list[str], timeout: fl
             last = f"the Docker API could not be asked: {error}"
         if time.monotonic() >= deadline:
             raise pulumi.RunError(
-                f"runner container {container} on {engine.host} (runners {', '.join(runners)}) is not healthy "
+                f"runner container {name or container} on {engine.host} (runners {', '.join(runners)}) is not healthy "
                 f"after {timeout:.0f} s: {last}. Set gitlab-runners:readiness.enabled: false to deploy anyway."
             )
         time.sleep(every)

@@ -230,7 +230,9 @@ class DockerRunner(pulumi.ComponentResource):
         if args.readiness.enabled and args.engine is not None and not pulumi.runtime.is_dry_run():
             engine, names = args.engine, [r.name for r in args.runners]
             self.ready = pulumi.Output.all(container.id, sync.exit_code).apply(
-                lambda parts: wait_healthy(engine, parts[0], names, args.readiness.timeout_seconds)
+                lambda parts: wait_healthy(
+                    engine, parts[0], names, args.readiness.timeout_seconds, name=args.container_name
+                )
             )
         self.container_name = container.name
         self.container_id = container.id

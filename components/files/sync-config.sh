@@ -11,6 +11,8 @@
 #     the runner's own `register` verifies it with GitLab (POST /api/v4/runners/verify, with the
 #     runner's system id) and writes the credentials as the runner itself does, token_expires_at
 #     included, which is what makes the runner rotate it in time.
+# The result is checked with the runner's own `verify` before it replaces the file: a config.toml
+# GitLab would refuse (a revoked token, a wrong CA) is never installed.
 # The file is replaced in one rename; the running runner notices the change and reloads it. Nothing
 # here prints a token, and the staged copy is removed from this container when the script ends.
 #
@@ -115,6 +117,13 @@ awk -v creds="$credentials" '
 ' "$staged" > "$work/config.toml"
 
 [ -s "$work/config.toml" ] || fail "the merged config is empty"
+# The runner's own check that GitLab accepts every runner of the new file, as the runner will reach
+# it (TLS with the CA above, the runner's system id): a file that would not work is not installed.
+[ -f "$dir/.runner_system_id" ] && cp "$dir/.runner_system_id" "$work/.runner_system_id"
+if ! "$runner" verify --config "$work/config.toml" > "$work/verify.log" 2>&1; then
+  mask < "$work/verify.log" >&2
+  fail "GitLab did not accept every runner of the new config.toml (see above); nothing was changed"
+fi
 cp "$work/config.toml" "$dir/.config.toml.new"
 mv "$dir/.config.toml.new" "$conf"
 cp "$work/seeds" "$seeds"

@@ -200,6 +200,8 @@ class GitLabDouble:
         self.refused: list[tuple[str, str, int]] = []
         self.jobs: dict[int, Job] = {}
         self.queue: list[Job] = []
+        self.unavailable = False
+        """Answer job requests 503, as GitLab does while it is down for maintenance."""
         self._ids = itertools.count(1)
         self._job_ids = itertools.count(1000)
         self.base_url = ""
@@ -417,6 +419,8 @@ class GitLabDouble:
         )
 
     def _request_job(self, data: dict[str, Any]) -> Answer:
+        if self.unavailable:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"message": "503 Service Unavailable"}, {}
         if not isinstance(data.get("info"), dict):
             return HTTPStatus.BAD_REQUEST, {"message": "400 Bad request - info is missing"}, {}
         runner = self._runner_by_token(data.get("token"))

@@ -28,6 +28,41 @@ func list(opts map[string]string) error {
 	return nil
 }
 
+// verify asks GitLab about every runner of the config file, with the config's TLS settings and system id.
+func verify(opts map[string]string) error {
+	path := configPath(opts)
+	config, _, err := loadConfig(path)
+	if err != nil {
+		return err
+	}
+	id, err := systemID(path)
+	if err != nil {
+		return err
+	}
+	failed := 0
+	for _, runner := range config.Runners {
+		api, err := newClient(runner, path, id, nil)
+		if err != nil {
+			return err
+		}
+		verified, status, err := api.verify(runner.Token)
+		switch {
+		case err != nil:
+			logf("ERROR", "Verifying runner... failed runner=%s: %v", shortToken(runner.Token), err)
+			failed++
+		case verified == nil:
+			logf("ERROR", "Verifying runner... is not valid runner=%s status=%d", shortToken(runner.Token), status)
+			failed++
+		default:
+			logf("INFO", "Verifying runner... is valid runner=%s", shortToken(runner.Token))
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("Failed to verify runners")
+	}
+	return nil
+}
+
 // register, with a runner authentication token, verifies it and appends the runner's credentials to
 // the config file, as the real register does for glrt- tokens. It creates nothing in GitLab.
 func register(opts map[string]string) error {

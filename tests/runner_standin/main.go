@@ -14,6 +14,8 @@
 //     taking jobs and finishes the running ones before it exits;
 //   - `register` with a glrt- token verifies it (POST /api/v4/runners/verify) and appends the runner's
 //     credentials to a config file, as the real register does for runner authentication tokens;
+//   - `verify` checks each runner of a config file with POST /api/v4/runners/verify and fails when
+//     GitLab refuses one, as the real verify does without --delete;
 //   - `--version` and `list` answer as the real ones do (list prints tokens, as the real one does).
 //
 // Docker-executor runners poll like the others but fail any job they are handed: running job
@@ -44,6 +46,8 @@ func main() {
 		err = list(flags(args[1:]))
 	case "register":
 		err = register(flags(args[1:]))
+	case "verify":
+		err = verify(flags(args[1:]))
 	case "run":
 		err = run(flags(args[1:]))
 	default:

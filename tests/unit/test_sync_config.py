@@ -107,7 +107,9 @@ def test_first_sync_writes_the_credentials_the_runner_needs_to_rotate(volume: Vo
     # Verified with the system id the runner will use (one runner manager, not a phantom one).
     system_id = (volume.dir / ".runner_system_id").read_text().strip()
     assert re.fullmatch(r"s_[0-9a-f]{12}", system_id)
-    assert [p.system_id for p in volume.gitlab.verified] == [system_id]
+    # register, then the check of the new file: both with the system id the runner will use (one runner
+    # manager in GitLab, not phantom ones).
+    assert {p.system_id for p in volume.gitlab.verified} == {system_id}
     assert oct((volume.dir / "config.toml").stat().st_mode & 0o777) == "0o600"
     assert not volume.staged.exists()  # the staged copy is removed
 
@@ -116,13 +118,18 @@ def test_a_token_the_runner_rotated_is_kept_and_settings_still_change(volume: Vo
     runner = volume.gitlab.create_runner()
     assert volume.sync({"a": runner.token}).returncode == 0
     # The runner rotates its token and writes it back (as the real one does before expiry).
-    rotated = (volume.dir / "config.toml").read_text().replace(runner.token, "glrt-rotated-by-the-runner-1")
+    delivered = runner.token
+    with volume.gitlab.lock:
+        volume.gitlab._reset_token({"token": delivered})
+    rotated = (volume.dir / "config.toml").read_text().replace(delivered, runner.token)
     (volume.dir / "config.toml").write_text(rotated)
-    done = volume.sync({"a": runner.token}, concurrent=5)
+    registered = len(volume.gitlab.verified)
+    done = volume.sync({"a": delivered}, concurrent=5)
     assert done.returncode == 0, done.stderr
-    assert volume.runner("a")["token"] == "glrt-rotated-by-the-runner-1"
+    assert volume.runner("a")["token"] == runner.token != delivered
     assert volume.config()["concurrent"] == 5
-    assert len(volume.gitlab.verified) == 1  # nothing to verify: the stack's token is not new
+    # No register (the stack's token is not new); one check of the new file, with the rotated token.
+    assert [p.token for p in volume.gitlab.verified[registered:]] == [runner.token]
 
 
 def test_a_new_token_from_the_stack_replaces_the_old_one(volume: Volume) -> None:

@@ -1,0 +1,123 @@
+"""A Docker-target stack of the real program for the integration tests: a throw-away copy of the
+project, a file backend, a stack config built from Python values, and a clean-up that destroys it and
+removes whatever the test left on the Docker engines."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pulumi import automation as auto
+
+from components.settings import RUNNER_VERSION
+from tests.gitlab_double.server import GitLabDouble
+from tests.integration.conftest import PROJECT_DIRS, PROJECT_FILES, ROOT, Project, copy_project
+from tests.integration.docker_engine import Engine
+
+
+@dataclass
+class DockerStack:
+    project: Project
+    stack: auto.Stack
+    engines: list[Engine]
+    gitlab: GitLabDouble
+    prefix: str
+    repository: str
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def image(self) -> str:
+        return f"{self.repository}:ubuntu-v{RUNNER_VERSION}"
+
+    def container(self, kind: str) -> str:
+        return f"{self.prefix}-{kind}"
+
+    def config(self, key: str) -> Any:
+        return json.loads(self.stack.get_config(f"gitlab-runners:{key}").value)
+
+    def set(self, key: str, value: Any, secret: bool = False) -> None:
+        text = value if isinstance(value, str) else json.dumps(value)
+        self.stack.set_config(f"gitlab-runners:{key}", auto.ConfigValue(text, secret=secret))
+
+    def up(self, **kwargs: Any) -> auto.UpResult:
+        result = self.stack.up(color="never", **kwargs)
+        self.outputs.append(result.stdout + result.stderr)
+        return result
+
+    def config_toml(self, kind: str, engine: Engine | None = None) -> str:
+        return (
+            (engine or self.engines[0])
+            .run("exec", self.container(kind), "cat", "/etc/gitlab-runner/config.toml")
+            .stdout
+        )
+
+
+@contextmanager
+def docker_stack(
+    work: Path,
+    engines: list[Engine],
+    gitlab: GitLabDouble,
+    base_image: str,
+    runners: list[dict[str, Any]],
+    tokens: dict[str, str],
+    hosts: list[dict[str, Any]] | None = None,
+    **config: Any,
+) -> Iterator[DockerStack]:
+    """A deployed-or-not stack; every engine is cleaned of the stack's containers and volumes after."""
+    project_dir = work / "project"
+    copy_project(ROOT, PROJECT_FILES, PROJECT_DIRS, project_dir)
+    (project_dir / ".venv").symlink_to(ROOT / ".venv")
+    (work / "state").mkdir()
+    project = Project(
+        project_dir,
+        {
+            "PULUMI_BACKEND_URL": f"file://{work / 'state'}",
+            "PULUMI_CONFIG_PASSPHRASE": secrets.token_hex(16),
+            "PULUMI_SKIP_UPDATE_CHECK": "true",
+            "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        },
+    )
+    suffix = secrets.token_hex(3)
+    prefix = f"gr-test-{suffix}"
+    repository = f"gitlab-runners/test-{suffix}"
+    stack = auto.create_or_select_stack(
+        stack_name="test", work_dir=str(project_dir), opts=auto.LocalWorkspaceOptions(env_vars=project.env)
+    )
+    deployed = DockerStack(project, stack, engines, gitlab, prefix, repository)
+    deployed.set("target", "docker")
+    deployed.set("gitlabUrl", gitlab.base_url)
+    deployed.set("checkInterval", "1")
+    deployed.set("runnerTokens", tokens, secret=True)
+    deployed.set("runners", runners)
+    # Host networking: the runners reach the API double on this machine's 127.0.0.1.
+    deployed.set(
+        "docker",
+        {
+            "hosts": hosts or [{"name": "local", "host": engines[0].host, "networkMode": "host"}],
+            "containerName": prefix,
+            "image": {"flavor": "ubuntu", "baseImage": base_image, "repository": repository},
+            "stopTimeout": 120,
+        },
+    )
+    for key, value in config.items():
+        deployed.set(key, value)
+    try:
+        yield deployed
+    finally:
+        try:
+            stack.destroy(color="never")
+        finally:
+            stack.workspace.remove_stack("test")
+            for engine in engines:
+                leftovers = [name for name in engine.names("container") if name.startswith(prefix)]
+                if leftovers:
+                    engine.run("rm", "-f", *leftovers, check=False)
+                volumes = [name for name in engine.names("volume") if name.startswith(prefix)]
+                if volumes:
+                    engine.run("volume", "rm", "-f", *volumes, check=False)
+                engine.run("image", "rm", "-f", deployed.image, check=False)
