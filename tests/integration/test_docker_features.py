@@ -4,6 +4,7 @@ CA, the readiness gate, token rotation by the runner and by the stack, and the d
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import time
@@ -16,7 +17,7 @@ from pulumi import automation as auto
 
 from tests.gitlab_double.server import GitLabDouble, serve
 from tests.integration.docker_engine import Engine, base_image, docker_provider_or_skip, start_engine, wait_for
-from tests.integration.docker_stack import DockerStack, docker_stack
+from tests.integration.docker_stack import docker_stack
 from tests.integration.local_cluster import free_port
 
 API_TOKEN = "glpat-" + secrets.token_hex(10)
@@ -42,7 +43,10 @@ def make_ca(folder: Path, name: str) -> tuple[Path, Path, Path]:
     """A CA and a certificate for 127.0.0.1 signed by it (openssl), as a self-hosted GitLab would have."""
     ca_key, ca_cert = folder / f"{name}-ca.key", folder / f"{name}-ca.pem"
     key, csr, cert = folder / f"{name}.key", folder / f"{name}.csr", folder / f"{name}.pem"
-    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca_cert),
         "-days", "2", "-subj", f"/CN={name} test CA")  # fmt: skip
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
@@ -207,7 +211,7 @@ def test_cache_credentials_reach_config_toml_and_nothing_else(
             inspected = engine.run("inspect", stack.container("docker"), stack.container("docker") + "-sync").stdout
             exported = subprocess.run(
                 ["pulumi", "stack", "export", "--stack", "test", "--cwd", str(stack.project.dir)],
-                env={**__import__("os").environ, **stack.project.env},
+                env={**os.environ, **stack.project.env},
                 capture_output=True,
                 text=True,
                 check=True,
