@@ -26,7 +26,7 @@ from pulumi import automation as auto
 
 from components.kubernetes_runner import RBAC_RULES, SECRETS_FINGERPRINT, chart_values, fingerprint
 from components.settings import CHART_VERSION, parse_settings
-from tests.integration.conftest import ROOT, Project, stack
+from tests.integration.conftest import ROOT, Project, stack, with_existing_tokens
 from tests.integration.local_cluster import Cluster, local_cluster
 
 FAKE_TOKEN = "glrt-integration-fake-cluster-token"
@@ -262,3 +262,87 @@ def test_a_namespace_the_stack_creates_goes_with_it(project: Project, cluster: C
         prod.destroy(color="never")
         prod.workspace.remove_stack("prod")
     assert cluster.wait_gone("/api/v1/namespaces/runners-owned")
+
+
+# The Prometheus Operator's ServiceMonitor kind, declared with no schema of its own: enough for the
+# chart to see the API (it renders the monitor only when the cluster serves monitoring.coreos.com/v1).
+SERVICE_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "names": {
+            "kind": "ServiceMonitor",
+            "listKind": "ServiceMonitorList",
+            "plural": "servicemonitors",
+            "singular": "servicemonitor",
+        },
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            }
+        ],
+    },
+}
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBkubernetestestca\n-----END CERTIFICATE-----\n"
+
+
+def test_cache_ca_and_service_monitor_on_the_cluster(project: Project, cluster: Cluster) -> None:
+    chart, official = chart_under_test()
+    status, _ = cluster.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", SERVICE_MONITOR_CRD)
+    assert status in (201, 409)
+    deadline = time.monotonic() + 30
+    while cluster.get("/apis/monitoring.coreos.com/v1") is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    prod = stack(project, "prod")
+    with_existing_tokens(prod, {"prod-k8s": FAKE_TOKEN})
+    kubernetes = json.loads(prod.get_config("gitlab-runners:kubernetes").value)
+    kubernetes.update(
+        namespace="runners-features",
+        createNamespace=True,
+        chart={"path": str(chart)},
+        kubeconfig=str(cluster.kubeconfig),
+        serviceMonitor={"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}},
+    )
+    prod.set_config("gitlab-runners:kubernetes", auto.ConfigValue(json.dumps(kubernetes)))
+    prod.set_config("gitlab-runners:gitlabUrl", auto.ConfigValue("https://gitlab.internal"))
+    prod.set_config("gitlab-runners:gitlabCa", auto.ConfigValue(json.dumps({"pem": CA_PEM})))
+    prod.set_config("gitlab-runners:metrics", auto.ConfigValue(json.dumps({"enabled": True})))
+    cache = {"type": "s3", "s3": {"bucketName": "runner-cache", "bucketLocation": "eu-west-1"}}
+    prod.set_config("gitlab-runners:cache", auto.ConfigValue(json.dumps(cache)))
+    secret_key = "k8s-cache-secret-value"
+    prod.set_config(
+        "gitlab-runners:cacheCredentials",
+        auto.ConfigValue(json.dumps({"accessKey": "AKIAK8S", "secretKey": secret_key}), secret=True),
+    )
+    try:
+        up = prod.up(color="never")
+        assert secret_key not in up.stdout + up.stderr
+        base = "/api/v1/namespaces/runners-features"
+        cache_secret = cluster.get(f"{base}/secrets/gitlab-runners-cache")
+        assert base64.b64decode(cache_secret["data"]["secretkey"]).decode() == secret_key
+        certs = cluster.get(f"{base}/secrets/gitlab-runners-certs")
+        assert base64.b64decode(certs["data"]["gitlab.internal.crt"]).decode() == CA_PEM
+        assert secret_key not in exported_state(project, "prod")
+        if official:
+            deployment = cluster.get(
+                "/apis/apps/v1/namespaces/runners-features/deployments/prod-k8s-runner-gitlab-runner"
+            )
+            volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+            sources = volumes["projected-secrets"]["projected"]["sources"]
+            assert any(s.get("secret", {}).get("name") == "gitlab-runners-cache" for s in sources)
+            assert volumes["custom-certs"]["secret"]["secretName"] == "gitlab-runners-certs"
+            monitors = cluster.get("/apis/monitoring.coreos.com/v1/namespaces/runners-features/servicemonitors")
+            (monitor,) = monitors["items"]
+            assert monitor["metadata"]["labels"]["release"] == "prometheus"
+            assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
+            assert cluster.get(f"{base}/services/prod-k8s-runner-gitlab-runner") is not None
+    finally:
+        prod.destroy(color="never")
+        prod.workspace.remove_stack("prod")
+    assert cluster.wait_gone("/api/v1/namespaces/runners-features")
