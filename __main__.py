@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pulumi
 
-from components.docker_host import DockerHost, DockerHostArgs
+from components.docker_host import DockerHost, DockerHostArgs, kind_of
 from components.kubernetes_runner import KubernetesRunner, KubernetesRunnerArgs
 from components.providers import gitlab_provider, kubernetes_provider
 from components.runner_registration import RunnerRegistration, RunnerRegistrationArgs
@@ -44,7 +44,7 @@ if settings.docker is not None:
         if on_host.image_name is not None:
             images[host.name] = on_host.image_name
         for runner in runners:
-            kind = "docker" if runner.executor == "docker" else "shell"
+            kind = kind_of(runner.executor)
             targets[runner.name][host.name] = {
                 "container": on_host.containers[kind],
                 "containerId": on_host.container_ids[kind],

@@ -25,7 +25,13 @@ COMPONENT_TYPE = "gitlab-runners:index:DockerHost"
 KINDS: dict[str, tuple[tuple[str, ...], int, bool]] = {
     "docker": (("docker",), 0, True),
     "shell": (("shell",), 1, False),
+    # Jobs run on the instances the fleeting plugin makes; the manager needs no local Docker socket.
+    "autoscaler": (("docker-autoscaler", "instance"), 2, False),
 }
+
+
+def kind_of(executor: str | None) -> str:
+    return next(kind for kind, (executors, _, _) in KINDS.items() if executor in executors)
 
 
 def executor_groups(runners: Sequence[Runner]) -> dict[str, list[Runner]]:
@@ -108,9 +114,10 @@ class DockerHost(pulumi.ComponentResource):
         self.image_name = None
         target = args.target
         if target.build is not None:
+            plugins = sorted({r.autoscaler.plugin for r in args.runners if r.autoscaler is not None})
             image = RunnerImage(
                 f"{name}-image",
-                RunnerImageArgs(build=target.build, platform=host.platform),
+                RunnerImageArgs(build=target.build, platform=host.platform, fleeting_plugins=tuple(plugins)),
                 opts=on_host,
             )
             image_ref = image.image_ref
@@ -137,7 +144,7 @@ class DockerHost(pulumi.ComponentResource):
                     tokens={r.name: args.tokens[r.name] for r in runners},
                     socket_path=host.socket_path if socket else None,
                     network_mode=host.network_mode,
-                    metrics_port=args.global_.metrics_port + offset,
+                    metrics_port=(host.metrics_port or args.global_.metrics_port) + offset,
                     publish_metrics=args.global_.metrics_enabled,
                     metrics_address=args.global_.metrics_host_address,
                     stop_timeout=target.stop_timeout,

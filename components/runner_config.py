@@ -14,39 +14,99 @@ from urllib.parse import urlsplit
 import tomli_w
 
 from components.settings import GlobalSettings, Runner
-from components.settings.model import Cache, JobResources
+from components.settings.model import Autoscaler, Cache, JobPods, JobResources
+
+
+def _docker_section(runner: Runner) -> dict[str, Any]:
+    return {
+        "image": runner.image,
+        "privileged": runner.privileged,
+        "volumes": list(runner.volumes or ()),
+        "pull_policy": list(runner.pull_policy),
+        "tls_verify": False,
+        "disable_cache": False,
+        "shm_size": 0,
+    }
+
+
+def autoscaler_table(autoscaler: Autoscaler) -> dict[str, Any]:
+    """`[runners.autoscaler]` with its connector and its policies (`[[runners.autoscaler.policy]]`)."""
+    connector = autoscaler.connector_config
+    connector_table: dict[str, Any] = {
+        "os": connector.os,
+        "arch": connector.arch,
+        "protocol": connector.protocol,
+        "username": connector.username,
+        "use_static_credentials": connector.use_static_credentials,
+        "use_external_addr": connector.use_external_addr,
+    }
+    for key, value in (("key_path", connector.key_path), ("timeout", connector.timeout), ("keepalive", connector.keepalive)):
+        if value is not None:
+            connector_table[key] = value
+    policies = []
+    for policy in autoscaler.policies:
+        table: dict[str, Any] = {
+            "periods": list(policy.periods),
+            "idle_count": policy.idle_count,
+            "idle_time": policy.idle_time,
+            "scale_factor": float(policy.scale_factor),
+            "scale_factor_limit": policy.scale_factor_limit,
+        }
+        if policy.timezone is not None:
+            table["timezone"] = policy.timezone
+        policies.append(table)
+    return {
+        "plugin": autoscaler.plugin,
+        "capacity_per_instance": autoscaler.capacity_per_instance,
+        "max_use_count": autoscaler.max_use_count,
+        "max_instances": autoscaler.max_instances,
+        "plugin_config": dict(autoscaler.plugin_config),
+        "connector_config": connector_table,
+        "policy": policies,
+    }
+
+
+def _kubernetes_section(runner: Runner, namespace: str | None) -> dict[str, Any]:
+    pods = runner.job_pods or JobPods()
+    section: dict[str, Any] = {
+        "namespace": pods.namespace or namespace or "gitlab",
+        "image": runner.image,
+        "privileged": runner.privileged,
+        "pull_policy": list(runner.pull_policy),
+    }
+    resources = runner.job_resources or JobResources()
+    for key, value in (
+        ("cpu_request", resources.cpu_request),
+        ("memory_request", resources.memory_request),
+        ("cpu_limit", resources.cpu_limit),
+        ("memory_limit", resources.memory_limit),
+        # The bounds a job's own KUBERNETES_* variables may not exceed.
+        ("cpu_limit_overwrite_max_allowed", pods.max_cpu_limit),
+        ("memory_limit_overwrite_max_allowed", pods.max_memory_limit),
+        ("cpu_request_overwrite_max_allowed", pods.max_cpu_request),
+        ("memory_request_overwrite_max_allowed", pods.max_memory_request),
+        ("service_account", pods.service_account),
+    ):
+        if value is not None:
+            section[key] = value
+    if pods.namespace_per_job:
+        section["namespace_per_job"] = True
+    if pods.node_selector:
+        section["node_selector"] = dict(pods.node_selector)
+    if pods.tolerations:
+        section["node_tolerations"] = dict(pods.tolerations)
+    return section
 
 
 def _executor_section(runner: Runner, namespace: str | None) -> dict[str, Any]:
     if runner.executor == "docker":
-        return {
-            "docker": {
-                "image": runner.image,
-                "privileged": runner.privileged,
-                "volumes": list(runner.volumes or ()),
-                "pull_policy": list(runner.pull_policy),
-                "tls_verify": False,
-                "disable_cache": False,
-                "shm_size": 0,
-            }
-        }
+        return {"docker": _docker_section(runner)}
+    if runner.executor == "docker-autoscaler" and runner.autoscaler is not None:
+        return {"docker": _docker_section(runner), "autoscaler": autoscaler_table(runner.autoscaler)}
+    if runner.executor == "instance" and runner.autoscaler is not None:
+        return {"autoscaler": autoscaler_table(runner.autoscaler)}
     if runner.executor == "kubernetes":
-        section: dict[str, Any] = {
-            "namespace": namespace or "gitlab",
-            "image": runner.image,
-            "privileged": runner.privileged,
-            "pull_policy": list(runner.pull_policy),
-        }
-        resources = runner.job_resources or JobResources()
-        for key, value in (
-            ("cpu_request", resources.cpu_request),
-            ("memory_request", resources.memory_request),
-            ("cpu_limit", resources.cpu_limit),
-            ("memory_limit", resources.memory_limit),
-        ):
-            if value is not None:
-                section[key] = value
-        return {"kubernetes": section}
+        return {"kubernetes": _kubernetes_section(runner, namespace)}
     return {}
 
 

@@ -24,17 +24,21 @@ class RunnerImageArgs:
     platform: str | None = None
     """The platform to build for; None: the machine running pulumi's (the docker provider's default)."""
 
+    fleeting_plugins: tuple[str, ...] = ()
+    """Fleeting plugins (pinned references) the autoscaling runners on this host load; installed at build."""
+
     context_dir: str = str(DOCKERFILE_DIR)
     """The build context holding the Dockerfile; no secret is ever part of it."""
 
 
-def build_args(build: ImageBuild) -> dict[str, str]:
+def build_args(build: ImageBuild, fleeting_plugins: tuple[str, ...] = ()) -> dict[str, str]:
     """The Dockerfile's build arguments: only public facts, never a token."""
     return {
         "BASE_IMAGE": build.resolved_base_image,
         "RUNNER_VERSION": build.runner_version,
         "FLAVOR": build.flavor,
         "EXTRA_PACKAGES": " ".join(build.extra_packages),
+        "FLEETING_PLUGINS": " ".join(fleeting_plugins),
         "SOURCE": SOURCE,
     }
 
@@ -56,7 +60,7 @@ class RunnerImage(pulumi.ComponentResource):
             build=docker.DockerBuildArgs(
                 context=args.context_dir,
                 dockerfile=str(Path(args.context_dir) / "Dockerfile"),
-                args=build_args(args.build),
+                args=build_args(args.build, args.fleeting_plugins),
                 platform=args.platform,
             ),
             skip_push=True,

@@ -45,6 +45,10 @@ VOLUME_PATTERN = r"^(/[^:\s]*|[^:\s]+:/[^:\s]*(:(ro|rw))?)$"
 LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+# A fleeting plugin at an exact release: [registry/][repository/]name:1.2.3.
+PLUGIN_PATTERN = r"^([a-z0-9.-]+(:[0-9]+)?/)?([a-z0-9._-]+/)*[a-z0-9._-]+:[0-9]+\.[0-9]+\.[0-9]+$"
+CRON_PATTERN = r"^\S+( \S+){4,5}$"
 PLATFORM_PATTERN = r"^linux/(amd64|arm64|arm/v[67]|ppc64le|s390x|riscv64)$"
 IP_PATTERN = r"^([0-9]{1,3}\.){3}[0-9]{1,3}$|^\[?[0-9a-fA-F:]+\]?$"
 
@@ -67,6 +71,9 @@ PATTERN_HINTS = {
     LABEL_VALUE_PATTERN: "must be a Kubernetes label value",
     URL_PATTERN: "must be an http(s) URL without credentials, query or fragment",
     PLATFORM_PATTERN: "must be a platform such as linux/amd64 or linux/arm64",
+    DURATION_PATTERN: "must be a duration such as 20m or 1h30m",
+    PLUGIN_PATTERN: "must be a fleeting plugin pinned to an exact release, such as gitlab/fleeting-plugin-aws:1.0.0",
+    CRON_PATTERN: "must be a cron expression such as * 8-18 * * mon-fri",
     IP_PATTERN: "must be an IP address such as 127.0.0.1 or 0.0.0.0",
 }
 
@@ -88,6 +95,7 @@ LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN)]
 LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN)]
 Text = Annotated[str, StringConstraints(max_length=1024)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, min_length=2)]
 
 Target = Literal["docker", "kubernetes"]
 Flavor = Literal["alpine", "ubuntu"]
@@ -95,7 +103,11 @@ Scope = Literal["instance", "group", "project"]
 AccessLevel = Literal["not_protected", "ref_protected"]
 PullPolicy = Literal["always", "if-not-present", "never"]
 LogLevel = Literal["debug", "info", "warn", "error", "fatal", "panic"]
-EXECUTORS: dict[str, tuple[str, ...]] = {"docker": ("docker", "shell"), "kubernetes": ("kubernetes",)}
+EXECUTORS: dict[str, tuple[str, ...]] = {
+    "docker": ("docker", "shell", "docker-autoscaler", "instance"),
+    "kubernetes": ("kubernetes",),
+}
+AUTOSCALING_EXECUTORS = ("docker-autoscaler", "instance")
 # Executors GitLab retired, and what replaced them.
 RETIRED_EXECUTORS = {
     "docker+machine": "docker-autoscaler",
@@ -140,6 +152,73 @@ class Section(BaseModel):
     )
 
 
+
+
+class AutoscalerPolicy(Section):
+    """When and how many idle instances to keep (a taskscaler policy)."""
+
+    periods: list[Annotated[str, StringConstraints(pattern=CRON_PATTERN)]] = key(
+        ["* * * * *"], ["* 8-18 * * mon-fri"], "cron periods the policy applies in", min_length=1, max_length=32
+    )
+    timezone: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+/-]{1,64}$")] | None = key(
+        None, "Europe/Berlin", "time zone of the periods; default UTC"
+    )
+    idle_count: int = key(0, 2, "idle capacity (job slots) to keep ready", ge=0, le=MAX_JOBS)
+    idle_time: Duration = key("20m0s", "30m", "how long an idle instance is kept")
+    scale_factor: float = key(0.0, 0.5, "extra idle capacity as a share of the busy one", ge=0, le=100)
+    scale_factor_limit: int = key(0, 10, "the most idle capacity scale_factor adds", ge=0, le=MAX_JOBS)
+
+
+class ConnectorConfig(Section):
+    """How the runner reaches an instance."""
+
+    os: Literal["linux", "windows", "darwin"] = key("linux", "linux", "the instances' OS")
+    arch: Literal["amd64", "arm64"] = key("amd64", "arm64", "the instances' architecture")
+    protocol: Literal["ssh", "winrm", "winrm+https"] = key("ssh", "ssh", "how to connect")
+    username: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = key(
+        ..., "ec2-user", "the user the runner logs in as"
+    )
+    use_static_credentials: bool = key(False, False, "use key_path instead of the plugin's credentials")
+    key_path: AbsolutePath | None = key(None, "/etc/gitlab-runner/instance-key", "a key file in the runner container")
+    timeout: Duration | None = key(None, "10m", "connection timeout")
+    keepalive: Duration | None = key(None, "30s", "keepalive interval")
+    use_external_addr: bool = key(False, True, "connect to the instances' external addresses")
+
+
+class Autoscaler(Section):
+    """`[runners.autoscaler]` for the docker-autoscaler and instance executors."""
+
+    plugin: Annotated[str, StringConstraints(pattern=PLUGIN_PATTERN)] = key(
+        ..., "gitlab/fleeting-plugin-aws:1.0.0", "the fleeting plugin, at an exact release (installed into the image)"
+    )
+    capacity_per_instance: int = key(1, 2, "jobs an instance runs at once", ge=1, le=1000)
+    max_use_count: int = key(0, 10, "jobs an instance runs before it is replaced; 0: no limit", ge=0, le=1_000_000)
+    max_instances: int = key(..., 10, "the most instances at once (bounds the cost)", ge=1, le=MAX_JOBS)
+    plugin_config: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,64}$")], Any] = key(
+        {}, {"name": "runner-asg", "region": "eu-west-1"}, "the plugin's own settings (its documentation)"
+    )
+    connector_config: ConnectorConfig = key(..., {"username": "ec2-user"}, "how the runner reaches an instance")
+    policies: list[AutoscalerPolicy] = key(
+        ..., [{"idleCount": 1, "idleTime": "20m"}], "idle capacity over time; at least one", min_length=1, max_length=32
+    )
+
+
+class JobPods(Section):
+    """Where and how big the kubernetes executor's job pods may be."""
+
+    namespace: Name | None = key(None, "ci-jobs", "their namespace; default the runners' (another needs cluster-wide RBAC)")
+    namespace_per_job: bool = key(False, False, "a namespace of its own per job (needs cluster-wide RBAC)")
+    node_selector: dict[LabelKey, LabelValue] = key({}, {"kubernetes.io/arch": "amd64"}, "nodes the job pods run on")
+    tolerations: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")], Literal[
+        "NoSchedule", "PreferNoSchedule", "NoExecute", ""
+    ]] = key({}, {"ci=true": "NoSchedule"}, "taints the job pods tolerate, `key[=value]: effect`")
+    service_account: Name | None = key(None, "ci-jobs", "the job pods' service account")
+    max_cpu_limit: Quantity | None = key(None, "4", "the most CPU a job may ask for (KUBERNETES_CPU_LIMIT)")
+    max_memory_limit: Quantity | None = key(None, "8Gi", "the most memory a job may ask for (KUBERNETES_MEMORY_LIMIT)")
+    max_cpu_request: Quantity | None = key(None, "2", "the largest CPU request a job may set")
+    max_memory_request: Quantity | None = key(None, "4Gi", "the largest memory request a job may set")
+
+
 class JobResources(Section):
     """Kubernetes requests and limits of each job pod (kubernetes executor only)."""
 
@@ -170,8 +249,11 @@ class Runner(Section):
         None, 3600, "longest job the runner accepts, in seconds (set in GitLab)", ge=600, le=ONE_MONTH
     )
     maintenance_note: Text | None = key(None, "owned by platform", "GitLab maintenance note")
-    executor: Literal["docker", "shell", "kubernetes"] | None = key(
-        None, "docker", "docker target: `docker` or `shell`; kubernetes: `kubernetes`; default the first"
+    executor: Literal["docker", "shell", "docker-autoscaler", "instance", "kubernetes"] | None = key(
+        None,
+        "docker",
+        "docker target: `docker`, `shell`, `docker-autoscaler` or `instance`; kubernetes: `kubernetes`; "
+        "default the first",
     )
     image: PinnedImage | None = key(
         None, DEFAULT_JOB_IMAGE, f"default job image (not for shell); default `{DEFAULT_JOB_IMAGE}`"
@@ -191,6 +273,12 @@ class Runner(Section):
         ge=1,
         le=MAX_ID,
     )
+    autoscaler: Autoscaler | None = key(
+        None,
+        {"plugin": "gitlab/fleeting-plugin-aws:1.0.0", "maxInstances": 10},
+        "docker-autoscaler and instance executors",
+    )
+    job_pods: JobPods | None = key(None, {"nodeSelector": {"kubernetes.io/arch": "amd64"}}, "kubernetes executor only")
     hosts: list[Name] | None = key(
         None, ["build-1"], "Docker target: the hosts this runner runs on; default all", min_length=1
     )
@@ -266,6 +354,9 @@ class DockerHost(Section):
         None,
         "~/.docker/build-1",
         "tcp:// only: folder with ca.pem, cert.pem and key.pem for TLS (or the secret dockerTls)",
+    )
+    metrics_port: Port | None = key(
+        None, 9352, "this host's first metrics port, if not metrics.port (two hosts sharing a network)"
     )
     ssh_opts: list[Annotated[str, StringConstraints(min_length=1, max_length=1024)]] = key(
         [], ["-o", "StrictHostKeyChecking=yes"], "ssh:// only: extra ssh options", max_length=32

@@ -101,9 +101,9 @@ def resolve_runners(config: StackConfig, stack: str) -> tuple[Runner, ...]:
                     "description": runner.description or f"{stack}-{runner.name}",
                     # GitLab's own default: a runner without tags picks up untagged jobs.
                     "run_untagged": (not runner.tags) if runner.run_untagged is None else runner.run_untagged,
-                    "image": None if executor == "shell" else (runner.image or DEFAULT_JOB_IMAGE),
+                    "image": None if executor in ("shell", "instance") else (runner.image or DEFAULT_JOB_IMAGE),
                     "volumes": (runner.volumes if runner.volumes is not None else ["/cache"])
-                    if executor == "docker"
+                    if executor in ("docker", "docker-autoscaler")
                     else [],
                     "hosts": (runner.hosts or all_hosts) if config.target == "docker" else [],
                 }

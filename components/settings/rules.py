@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from components.settings.model import EXECUTORS, PROJECT, StackConfig
+from components.settings.model import AUTOSCALING_EXECUTORS, EXECUTORS, PROJECT, StackConfig
 from components.settings.problems import Problem
 
 # Runner attributes that only the GitLab API sets: a runner that brings its own token never reaches it.
@@ -87,8 +87,48 @@ def runner_problems(config: StackConfig) -> Iterator[Problem]:
             yield Problem(_key(f"{at}.image"), "has no meaning for the shell executor", "remove it")
         if runner.job_resources is not None and executor != "kubernetes":
             yield Problem(_key(f"{at}.jobResources"), "only applies to the kubernetes executor", "remove it")
-        if runner.volumes is not None and executor != "docker":
-            yield Problem(_key(f"{at}.volumes"), "only applies to the docker executor", "remove it")
+        if runner.job_pods is not None and executor != "kubernetes":
+            yield Problem(_key(f"{at}.jobPods"), "only applies to the kubernetes executor", "remove it")
+        if runner.volumes is not None and executor not in ("docker", "docker-autoscaler"):
+            yield Problem(_key(f"{at}.volumes"), "only applies to the docker and docker-autoscaler executors", "remove it")
+        if executor == "instance" and runner.image is not None:
+            yield Problem(_key(f"{at}.image"), "has no meaning for the instance executor (jobs run on the VM)", "remove it")
+        if executor in AUTOSCALING_EXECUTORS and runner.autoscaler is None:
+            yield Problem(
+                _key(f"{at}.autoscaler"),
+                f"is required by the {executor} executor",
+                "autoscaler: {plugin: gitlab/fleeting-plugin-aws:1.0.0, maxInstances: 10, "
+                "connectorConfig: {username: ec2-user}, policies: [{idleCount: 1}]}",
+            )
+        elif executor not in AUTOSCALING_EXECUTORS and runner.autoscaler is not None:
+            yield Problem(
+                _key(f"{at}.autoscaler"), "only applies to the docker-autoscaler and instance executors", "remove it"
+            )
+        connector = runner.autoscaler.connector_config if runner.autoscaler is not None else None
+        if connector is not None and connector.use_static_credentials and connector.key_path is None:
+            yield Problem(
+                _key(f"{at}.autoscaler.connectorConfig.keyPath"),
+                "is required with useStaticCredentials",
+                "keyPath: /etc/gitlab-runner/instance-key",
+            )
+        pods = runner.job_pods
+        kubernetes = config.kubernetes
+        cluster_wide = kubernetes is not None and kubernetes.rbac.cluster_wide_access
+        namespace = kubernetes.namespace if kubernetes is not None else "gitlab"
+        if pods is not None and not cluster_wide:
+            if pods.namespace is not None and pods.namespace != namespace:
+                yield Problem(
+                    _key(f"{at}.jobPods.namespace"),
+                    f"is not the runners' namespace ({namespace}): the runner's Role only reaches its own; "
+                    f"set {_key('kubernetes.rbac.clusterWideAccess')}: true to allow it",
+                    f"namespace: {namespace}",
+                )
+            if pods.namespace_per_job:
+                yield Problem(
+                    _key(f"{at}.jobPods.namespacePerJob"),
+                    f"creates namespaces, which needs {_key('kubernetes.rbac.clusterWideAccess')}: true",
+                    "namespacePerJob: false",
+                )
 
 
 def token_problems(config: StackConfig, context: Context) -> Iterator[Problem]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -86,3 +88,60 @@ def wait_for(what: str, check: Callable[[], Any], seconds: float = 90, every: fl
             return result
         time.sleep(every)
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+class ExtraEngine:
+    """Another dockerd on this machine, with its own data root, socket and bridge (the test makes the
+    bridge: a dockerd told to use none removes the first engine's docker0): a second Docker host for
+    the fleet tests. Its containers use host networking to reach the API double on 127.0.0.1; its
+    image builds use its bridge, which has no route out. Started and stopped by the test; its bridge
+    and files are removed at the end."""
+
+    def __init__(self, folder: Path) -> None:
+        if shutil.which("dockerd") is None or shutil.which("ip") is None:
+            missing("dockerd and ip are needed for a second engine (scripts/docker-engine installs docker.io)")
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.engine = Engine(f"unix://{folder / 'docker.sock'}")
+        self.process: subprocess.Popen[bytes] | None = None
+        suffix = secrets.token_hex(3)
+        self.bridge = f"grbr{suffix}"
+        subprocess.run(["ip", "link", "add", "name", self.bridge, "type", "bridge"], check=True)
+        subnet = int(suffix[:2], 16) % 200 + 20
+        subprocess.run(["ip", "addr", "add", f"10.213.{subnet}.1/24", "dev", self.bridge], check=True)
+        subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+
+    def start(self) -> Engine:
+        with (self.folder / "dockerd.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    "dockerd",
+                    f"--data-root={self.folder / 'data'}",
+                    f"--exec-root={self.folder / 'exec'}",
+                    f"--pidfile={self.folder / 'docker.pid'}",
+                    f"--host={self.engine.host}",
+                    f"--bridge={self.bridge}",
+                    "--iptables=false",
+                    "--ip-masq=false",
+                    "--ip-forward=false",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for("the second dockerd", lambda: self.engine.run("version", check=False).returncode == 0, seconds=60)
+        return self.engine
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def close(self) -> None:
+        self.stop()
+        subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
+        shutil.rmtree(self.folder / "data", ignore_errors=True)

@@ -28,6 +28,57 @@ func list(opts map[string]string) error {
 	return nil
 }
 
+// fleeting handles `fleeting [--config file] install|list`.
+func fleeting(args []string) error {
+	opts := map[string]string{}
+	var action string
+	for i := 0; i < len(args); i++ {
+		switch {
+		case args[i] == "--config" && i+1 < len(args):
+			opts["config"] = args[i+1]
+			i++
+		case strings.HasPrefix(args[i], "--config="):
+			opts["config"] = strings.TrimPrefix(args[i], "--config=")
+		case !strings.HasPrefix(args[i], "-"):
+			action = args[i]
+		}
+	}
+	config, _, err := loadConfig(configPath(opts))
+	if err != nil {
+		return err
+	}
+	root := os.Getenv("FLEETING_PLUGIN_PATH")
+	if root == "" {
+		home, _ := os.UserHomeDir()
+		root = filepath.Join(home, ".config", "fleeting", "plugins")
+	}
+	for _, runner := range config.Runners {
+		plugin, _ := runner.Autoscaler["plugin"].(string)
+		if plugin == "" {
+			continue
+		}
+		name, version, _ := strings.Cut(plugin, ":")
+		path := filepath.Join(root, name, version, "plugin")
+		switch action {
+		case "install":
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				return err
+			}
+			if err := os.WriteFile(path, []byte("stand-in for "+plugin+"\n"), 0o755); err != nil {
+				return err
+			}
+		case "list":
+			if _, err := os.Stat(path); err != nil {
+				return fmt.Errorf("runner: %s, plugin: %s, error: not installed", runner.Name, plugin)
+			}
+		default:
+			return fmt.Errorf("fleeting: %q is not implemented by this test double", action)
+		}
+		fmt.Printf("runner: %s, plugin: %s, path: %s\n", runner.Name, plugin, path)
+	}
+	return nil
+}
+
 // verify asks GitLab about every runner of the config file, with the config's TLS settings and system id.
 func verify(opts map[string]string) error {
 	path := configPath(opts)

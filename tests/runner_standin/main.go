@@ -16,6 +16,9 @@
 //     credentials to a config file, as the real register does for runner authentication tokens;
 //   - `verify` checks each runner of a config file with POST /api/v4/runners/verify and fails when
 //     GitLab refuses one, as the real verify does without --delete;
+//   - `fleeting --config <file> install` "installs" the fleeting plugins the file's autoscaler runners
+//     name: it records each pinned reference under FLEETING_PLUGIN_PATH instead of pulling the plugin
+//     from its OCI registry (none is reachable on the project's machines);
 //   - `--version` and `list` answer as the real ones do (list prints tokens, as the real one does).
 //
 // Docker-executor runners poll like the others but fail any job they are handed: running job
@@ -48,6 +51,8 @@ func main() {
 		err = register(flags(args[1:]))
 	case "verify":
 		err = verify(flags(args[1:]))
+	case "fleeting":
+		err = fleeting(args[1:])
 	case "run":
 		err = run(flags(args[1:]))
 	default:

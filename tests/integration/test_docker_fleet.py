@@ -1,0 +1,158 @@
+"""A fleet of Docker hosts in one stack, for real: two dockerd on this machine (their own data roots
+and sockets), the docker provider, the GitLab API double and the runner stand-in (a test double of
+gitlab-runner). Each host is its own subtree: a change on one leaves the other's containers alone, a
+stopped engine fails only its own resources, and `pulumi up --target` on one host works."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+
+import pytest
+from pulumi import automation as auto
+
+from tests.gitlab_double.server import GitLabDouble, serve
+from tests.integration.docker_engine import (
+    Engine,
+    ExtraEngine,
+    base_image,
+    docker_provider_or_skip,
+    start_engine,
+    wait_for,
+)
+from tests.integration.docker_stack import docker_stack
+from tests.integration.local_cluster import free_port
+
+API_TOKEN = "glpat-" + secrets.token_hex(10)
+PLUGIN = "gitlab/fleeting-plugin-aws:1.0.0"
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, ExtraEngine]]:
+    docker_provider_or_skip()
+    first = start_engine()
+    second = ExtraEngine(tmp_path_factory.mktemp("dockerd-2"))
+    second.start()
+    try:
+        yield first, second
+    finally:
+        second.close()
+
+
+def ids(engine: Engine, names: list[str]) -> dict[str, str]:
+    return {n: engine.inspect("container", n)["Id"] for n in names}  # type: ignore[index]
+
+
+def polled_from(gitlab: GitLabDouble, token: str) -> set[str]:
+    with gitlab.lock:
+        return {str(p.system_id) for p in gitlab.polls if p.token == token}
+
+
+def test_a_fleet_of_two_hosts(engines: tuple[Engine, ExtraEngine], tmp_path_factory: pytest.TempPathFactory) -> None:
+    first, extra = engines
+    second = extra.engine
+    base = base_image(first)
+    assert base_image(second) == base
+    with serve(API_TOKEN) as gitlab:
+        created = {n: gitlab.create_runner() for n in ("spread", "one", "two", "scale")}
+        tokens = {n: r.token for n, r in created.items()}
+        port = free_port()
+        hosts = [
+            {"name": "local", "host": first.host, "networkMode": "host"},
+            # Both engines share this machine's network: the second host's metrics go elsewhere.
+            {"name": "build-2", "host": second.host, "networkMode": "host", "metricsPort": free_port()},
+        ]
+        autoscaler = {
+            "plugin": PLUGIN,
+            "maxInstances": 3,
+            "connectorConfig": {"username": "ci"},
+            "policies": [{"idleCount": 0, "idleTime": "20m"}],
+        }
+        runners = [
+            {"name": "spread", "executor": "shell", "hosts": ["local", "build-2"]},
+            {"name": "one", "executor": "shell", "hosts": ["local"]},
+            {"name": "two", "executor": "shell", "hosts": ["build-2"]},
+            {"name": "scale", "executor": "docker-autoscaler", "hosts": ["build-2"], "autoscaler": autoscaler},
+        ]
+        with docker_stack(
+            tmp_path_factory.mktemp("fleet"),
+            [first, second],
+            gitlab,
+            base,
+            runners=runners,
+            tokens=tokens,
+            hosts=hosts,
+            metrics={"port": port},
+        ) as stack:
+            up = stack.up()
+            assert up.summary.result == "succeeded"
+            shell, scale = stack.container("shell"), stack.container("autoscaler")
+            assert first.exists("container", shell) and not first.exists("container", scale)
+            assert second.exists("container", shell) and second.exists("container", scale)
+            # One runner spread over both hosts: two runner managers, one system id each.
+            wait_for("the spread runner on both hosts", lambda: len(polled_from(gitlab, tokens["spread"])) == 2)
+            for name in ("one", "two", "scale"):
+                wait_for(f"runner {name} to poll", lambda name=name: polled_from(gitlab, tokens[name]))
+            # The autoscaling runner's host got its fleeting plugin installed into its image.
+            plugins = second.run("run", "--rm", "--entrypoint", "sh", stack.image, "-c", "ls -R $FLEETING_PLUGIN_PATH")
+            assert "1.0.0" in plugins.stdout
+            image = second.inspect("image", stack.image)
+            assert image is not None and image["Config"]["Labels"]["io.gitlab-runners.fleeting-plugins"] == PLUGIN
+            assert "[runners.autoscaler]" in stack.config_toml("autoscaler", second)
+
+            # A change on one host only: the other host's containers are not touched.
+            before_first = ids(first, [shell, f"{shell}-sync"])
+            before_second = ids(second, [shell, f"{shell}-sync"])
+            runners[2]["limit"] = 2  # "two" runs on build-2 only
+            stack.set("runners", runners)
+            stack.up()
+            assert ids(first, [shell, f"{shell}-sync"]) == before_first
+            after_second = ids(second, [shell, f"{shell}-sync"])
+            assert after_second[shell] == before_second[shell]  # reloaded in place
+            assert after_second[f"{shell}-sync"] != before_second[f"{shell}-sync"]
+
+            # `pulumi up --target` on one host: only that host's subtree is updated.
+            runners[0]["limit"] = 2  # "spread" runs on both hosts: only local is targeted
+            stack.set("runners", runners)
+            resources = stack.stack.export_stack().deployment["resources"]
+            targets = [
+                r["urn"] for r in resources if r["urn"].endswith("gitlab-runners:index:DockerHost::docker-local")
+            ]
+            assert len(targets) == 1
+            stack.up(target=targets, target_dependents=True)
+            assert 'name = "spread"' in stack.config_toml("shell", first)
+            assert ids(second, [f"{shell}-sync"]) == {f"{shell}-sync": after_second[f"{shell}-sync"]}
+            assert stack.config_toml("shell", first).count("limit = 2") >= 1
+            assert (
+                "limit = 2"
+                not in [line for line in stack.config_toml("shell", second).split("[[runners]]") if '"spread"' in line][
+                    0
+                ]
+            )
+
+            # One engine stopped: the other host's update still goes through (--continue-on-error), and
+            # the failure names the stopped host's own provider.
+            extra.stop()
+            runners[1]["limit"] = 3  # "one" runs on local only
+            stack.set("runners", runners)
+            with pytest.raises(auto.CommandError) as caught:
+                stack.up(continue_on_error=True)
+            assert "docker-build-2-provider" in str(caught.value)
+            assert "failed to connect to any docker daemon" in str(caught.value)
+            assert "limit = 3" in stack.config_toml("shell", first)
+
+            # The engine back; then the host leaves the stack: its containers go, the other's stay.
+            extra.start()
+            stack.up()
+            stack.set("runners", [{**runners[0], "hosts": ["local"]}, runners[1]])
+            stack.set("runnerTokens", {n: tokens[n] for n in ("spread", "one")}, secret=True)
+            docker = stack.config("docker")
+            docker["hosts"] = [hosts[0]]
+            stack.set("docker", docker)
+            stack.up()
+            time.sleep(1)
+            assert not second.exists("container", shell) and not second.exists("container", scale)
+            assert not [v for v in second.names("volume") if v.startswith(stack.prefix)]
+            assert first.exists("container", shell)
+            assert ids(first, [shell])[shell] == before_first[shell]
