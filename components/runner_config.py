@@ -40,7 +40,11 @@ def autoscaler_table(autoscaler: Autoscaler) -> dict[str, Any]:
         "use_static_credentials": connector.use_static_credentials,
         "use_external_addr": connector.use_external_addr,
     }
-    for key, value in (("key_path", connector.key_path), ("timeout", connector.timeout), ("keepalive", connector.keepalive)):
+    for key, value in (
+        ("key_path", connector.key_path),
+        ("timeout", connector.timeout),
+        ("keepalive", connector.keepalive),
+    ):
         if value is not None:
             connector_table[key] = value
     policies = []

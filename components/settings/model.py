@@ -152,8 +152,6 @@ class Section(BaseModel):
     )
 
 
-
-
 class AutoscalerPolicy(Section):
     """When and how many idle instances to keep (a taskscaler policy)."""
 
@@ -206,12 +204,15 @@ class Autoscaler(Section):
 class JobPods(Section):
     """Where and how big the kubernetes executor's job pods may be."""
 
-    namespace: Name | None = key(None, "ci-jobs", "their namespace; default the runners' (another needs cluster-wide RBAC)")
+    namespace: Name | None = key(
+        None, "ci-jobs", "their namespace; default the runners' (another needs cluster-wide RBAC)"
+    )
     namespace_per_job: bool = key(False, False, "a namespace of its own per job (needs cluster-wide RBAC)")
     node_selector: dict[LabelKey, LabelValue] = key({}, {"kubernetes.io/arch": "amd64"}, "nodes the job pods run on")
-    tolerations: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")], Literal[
-        "NoSchedule", "PreferNoSchedule", "NoExecute", ""
-    ]] = key({}, {"ci=true": "NoSchedule"}, "taints the job pods tolerate, `key[=value]: effect`")
+    tolerations: dict[
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")],
+        Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""],
+    ] = key({}, {"ci=true": "NoSchedule"}, "taints the job pods tolerate, `key[=value]: effect`")
     service_account: Name | None = key(None, "ci-jobs", "the job pods' service account")
     max_cpu_limit: Quantity | None = key(None, "4", "the most CPU a job may ask for (KUBERNETES_CPU_LIMIT)")
     max_memory_limit: Quantity | None = key(None, "8Gi", "the most memory a job may ask for (KUBERNETES_MEMORY_LIMIT)")

@@ -90,9 +90,13 @@ def runner_problems(config: StackConfig) -> Iterator[Problem]:
         if runner.job_pods is not None and executor != "kubernetes":
             yield Problem(_key(f"{at}.jobPods"), "only applies to the kubernetes executor", "remove it")
         if runner.volumes is not None and executor not in ("docker", "docker-autoscaler"):
-            yield Problem(_key(f"{at}.volumes"), "only applies to the docker and docker-autoscaler executors", "remove it")
+            yield Problem(
+                _key(f"{at}.volumes"), "only applies to the docker and docker-autoscaler executors", "remove it"
+            )
         if executor == "instance" and runner.image is not None:
-            yield Problem(_key(f"{at}.image"), "has no meaning for the instance executor (jobs run on the VM)", "remove it")
+            yield Problem(
+                _key(f"{at}.image"), "has no meaning for the instance executor (jobs run on the VM)", "remove it"
+            )
         if executor in AUTOSCALING_EXECUTORS and runner.autoscaler is None:
             yield Problem(
                 _key(f"{at}.autoscaler"),

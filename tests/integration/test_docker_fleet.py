@@ -5,9 +5,11 @@ stopped engine fails only its own resources, and `pulumi up --target` on one hos
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pulumi import automation as auto
@@ -58,7 +60,7 @@ def test_a_fleet_of_two_hosts(engines: tuple[Engine, ExtraEngine], tmp_path_fact
         created = {n: gitlab.create_runner() for n in ("spread", "one", "two", "scale")}
         tokens = {n: r.token for n, r in created.items()}
         port = free_port()
-        hosts = [
+        hosts: list[dict[str, Any]] = [
             {"name": "local", "host": first.host, "networkMode": "host"},
             # Both engines share this machine's network: the second host's metrics go elsewhere.
             {"name": "build-2", "host": second.host, "networkMode": "host", "metricsPort": free_port()},
@@ -69,7 +71,7 @@ def test_a_fleet_of_two_hosts(engines: tuple[Engine, ExtraEngine], tmp_path_fact
             "connectorConfig": {"username": "ci"},
             "policies": [{"idleCount": 0, "idleTime": "20m"}],
         }
-        runners = [
+        runners: list[dict[str, Any]] = [
             {"name": "spread", "executor": "shell", "hosts": ["local", "build-2"]},
             {"name": "one", "executor": "shell", "hosts": ["local"]},
             {"name": "two", "executor": "shell", "hosts": ["build-2"]},
@@ -93,7 +95,7 @@ def test_a_fleet_of_two_hosts(engines: tuple[Engine, ExtraEngine], tmp_path_fact
             # One runner spread over both hosts: two runner managers, one system id each.
             wait_for("the spread runner on both hosts", lambda: len(polled_from(gitlab, tokens["spread"])) == 2)
             for name in ("one", "two", "scale"):
-                wait_for(f"runner {name} to poll", lambda name=name: polled_from(gitlab, tokens[name]))
+                wait_for(f"runner {name} to poll", functools.partial(polled_from, gitlab, tokens[name]))
             # The autoscaling runner's host got its fleeting plugin installed into its image.
             plugins = second.run("run", "--rm", "--entrypoint", "sh", stack.image, "-c", "ls -R $FLEETING_PLUGIN_PATH")
             assert "1.0.0" in plugins.stdout
@@ -115,7 +117,7 @@ def test_a_fleet_of_two_hosts(engines: tuple[Engine, ExtraEngine], tmp_path_fact
             # `pulumi up --target` on one host: only that host's subtree is updated.
             runners[0]["limit"] = 2  # "spread" runs on both hosts: only local is targeted
             stack.set("runners", runners)
-            resources = stack.stack.export_stack().deployment["resources"]
+            resources: list[dict[str, Any]] = (stack.stack.export_stack().deployment or {})["resources"]
             targets = [
                 r["urn"] for r in resources if r["urn"].endswith("gitlab-runners:index:DockerHost::docker-local")
             ]

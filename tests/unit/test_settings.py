@@ -104,7 +104,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     (
         "executor typo",
         {"target": "docker", "runners": [{"name": "a", "executor": "dokcer"}]},
-        'gitlab-runners:runners[0].executor must be "docker" or "shell" or "docker-autoscaler" or "instance" for target "docker", got "dokcer"',
+        'gitlab-runners:runners[0].executor must be "docker" or "shell" or "docker-autoscaler" or "instance" '
+        'for target "docker", got "dokcer"',
     ),
     (
         "runner name",
