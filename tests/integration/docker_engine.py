@@ -144,4 +144,7 @@ class ExtraEngine:
     def close(self) -> None:
         self.stop()
         subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
-        shutil.rmtree(self.folder / "data", ignore_errors=True)
+        # dockerd leaves its network namespace mounted under its exec root.
+        subprocess.run(["umount", str(self.folder / "exec" / "netns" / "default")], check=False, capture_output=True)
+        for part in ("data", "exec"):
+            shutil.rmtree(self.folder / part, ignore_errors=True)
