@@ -11,6 +11,13 @@ export CACHE
 say() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
+# The pins a build depends on, as "NAME=value" lines: a cache key takes these, not all of versions.env,
+# so changing one pin rebuilds only what uses it.
+pins() {
+  local name
+  for name in "$@"; do printf '%s=%s\n' "$name" "${!name}"; done
+}
+
 # A build cached under $CACHE/<kind>/<key>, the key a hash of the files given. Sets `dest` (the
 # finished folder) and `work` (where to build it); succeeds when `dest` is already complete.
 cache_slot() {

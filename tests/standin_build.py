@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from components.settings import RUNNER_VERSION
+
 ROOT = Path(__file__).resolve().parents[1]
 STANDIN = ROOT / "tests" / "runner_standin"
 
 
-def build_standin(dest: Path, version: str = "18.5.0") -> Path:
+def build_standin(dest: Path, version: str = RUNNER_VERSION) -> Path:
     if shutil.which("go") is None:
         pytest.skip("go is needed to build the runner stand-in")
     binary = dest / "gitlab-runner"

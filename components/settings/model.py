@@ -19,8 +19,8 @@ PROJECT = "gitlab-runners"
 
 # Pinned defaults. The runner version and the chart version move together: the chart's own
 # appVersion says which runner it ships (tests/unit/test_pins.py reads it from the archive).
-RUNNER_VERSION = "18.5.0"
-CHART_VERSION = "0.82.0"
+RUNNER_VERSION = "18.9.0"
+CHART_VERSION = "0.86.0"
 CHART_REPOSITORY = "https://charts.gitlab.io"
 DEFAULT_JOB_IMAGE = "alpine:3.20.3"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
@@ -405,7 +405,7 @@ class Chart(Section):
     )
     version: Version | None = key(None, CHART_VERSION, f"exact chart version; default `{CHART_VERSION}`")
     path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
-        None, "./charts/gitlab-runner-0.82.0.tgz", "a chart archive or folder on disk instead of a repository"
+        None, "./charts/gitlab-runner-0.86.0.tgz", "a chart archive or folder on disk instead of a repository"
     )
 
     @property

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from pulumi import automation as auto
 
+from components.settings import RUNNER_VERSION
 from tests.gitlab_double.server import GitLabDouble, Runner, serve
 from tests.integration.conftest import PROJECT_DIRS, PROJECT_FILES, ROOT, Project, copy_project
 from tests.integration.docker_engine import Engine, base_image, docker_provider_or_skip, start_engine, wait_for
@@ -144,7 +145,7 @@ def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iter
             engine.run(
                 "volume", "rm", "-f", bystander, f"{prefix}-docker-config", f"{prefix}-shell-config", check=False
             )
-            engine.run("image", "rm", "-f", f"{repository}:ubuntu-v18.5.0", check=False)
+            engine.run("image", "rm", "-f", f"{repository}:ubuntu-v{RUNNER_VERSION}", check=False)
 
 
 def health(engine: Engine, container: str) -> str | None:
@@ -177,10 +178,12 @@ def test_up_builds_the_image_and_each_runner_polls_with_its_own_token(deployment
         first = wait_for(f"{name} to poll", first_poll, seconds=60)
         print(f"first poll of {name}: {first.timestamp() - started:.1f} s after the start of pulumi up")
     # The image: built from images/runner/Dockerfile on the stand-in base, jq installed.
-    image = d.engine.inspect("image", f"{d.repository}:ubuntu-v18.5.0")
+    image = d.engine.inspect("image", f"{d.repository}:ubuntu-v{RUNNER_VERSION}")
     assert image is not None
-    assert image["Config"]["Labels"]["org.opencontainers.image.version"] == "18.5.0"
-    assert d.engine.run("run", "--rm", "--entrypoint", "jq", f"{d.repository}:ubuntu-v18.5.0", "--version").stdout
+    assert image["Config"]["Labels"]["org.opencontainers.image.version"] == RUNNER_VERSION
+    assert d.engine.run(
+        "run", "--rm", "--entrypoint", "jq", f"{d.repository}:ubuntu-v{RUNNER_VERSION}", "--version"
+    ).stdout
     # One container per executor kind; the Docker socket only where the docker executor runs.
     docker_runner = d.engine.inspect("container", d.docker_container)
     shell_runner = d.engine.inspect("container", d.shell_container)
@@ -313,8 +316,8 @@ def test_no_token_in_outputs_state_inspect_history_or_engine_output(deployment: 
     inspected = d.engine.run(
         "inspect", d.docker_container, d.shell_container, f"{d.docker_container}-sync", f"{d.shell_container}-sync"
     ).stdout
-    history = d.engine.run("history", "--no-trunc", f"{d.repository}:ubuntu-v18.5.0").stdout
-    image = d.engine.run("image", "inspect", f"{d.repository}:ubuntu-v18.5.0").stdout
+    history = d.engine.run("history", "--no-trunc", f"{d.repository}:ubuntu-v{RUNNER_VERSION}").stdout
+    image = d.engine.run("image", "inspect", f"{d.repository}:ubuntu-v{RUNNER_VERSION}").stdout
     logs = "".join(
         d.engine.run("logs", c).stdout + d.engine.run("logs", c).stderr
         for c in (d.docker_container, d.shell_container, f"{d.docker_container}-sync", f"{d.shell_container}-sync")
@@ -350,4 +353,4 @@ def test_destroy_removes_what_the_stack_created_and_nothing_else(deployment: Dep
     suffix = d.prefix.rsplit("-", 1)[1]
     assert f"bystander-{suffix}" in containers and f"bystander-{suffix}" in volumes
     # The built image stays, as an image built by hand does (README: "What destroy leaves").
-    assert d.engine.exists("image", f"{d.repository}:ubuntu-v18.5.0")
+    assert d.engine.exists("image", f"{d.repository}:ubuntu-v{RUNNER_VERSION}")

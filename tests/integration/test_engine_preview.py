@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pulumi import automation as auto
 
+from components.settings import CHART_VERSION
 from tests.integration.conftest import ROOT, Project, stack, with_existing_tokens
 from tests.integration.docker_engine import docker_provider_or_skip, start_engine
 from tests.integration.local_cluster import free_port, write_kubeconfig
@@ -58,7 +59,7 @@ def test_prod_stack_previews_offline_with_a_local_chart(project: Project, tmp_pa
 
 
 def test_prod_stack_names_the_unreachable_chart_repository(project: Project, tmp_path: Path) -> None:
-    prod = prod_stack(project, tmp_path, {"repository": "https://charts.gitlab.io", "version": "0.82.0"})
+    prod = prod_stack(project, tmp_path, {"repository": "https://charts.gitlab.io", "version": CHART_VERSION})
     with pytest.raises(auto.CommandError) as caught:
         prod.preview(color="never")
     output = str(caught.value)

@@ -11,7 +11,7 @@ from components.docker_host import DockerHost, DockerHostArgs
 from components.kubernetes_runner import SECRETS_FINGERPRINT, KubernetesRunner, KubernetesRunnerArgs, fingerprint
 from components.runner_image import RunnerImage, RunnerImageArgs
 from components.runner_registration import RunnerRegistration, RunnerRegistrationArgs
-from components.settings import Settings, parse_settings
+from components.settings import CHART_VERSION, RUNNER_VERSION, Settings, parse_settings
 from tests.unit.helpers import resolve, run
 from tests.unit.mocks import RecordingMocks
 
@@ -83,9 +83,9 @@ def test_runner_image_build(mocks: RecordingMocks) -> None:
     image = run(lambda: RunnerImage("img", RunnerImageArgs(build=build)))
     built = mocks.one("docker:index/image:Image")
     assert built.inputs["skipPush"] is True
-    assert built.inputs["imageName"] == "gitlab-runners/unit-runner:ubuntu-v18.5.0"
+    assert built.inputs["imageName"] == f"gitlab-runners/unit-runner:ubuntu-v{RUNNER_VERSION}"
     args = built.inputs["build"]["args"]
-    assert args["BASE_IMAGE"] == "gitlab/gitlab-runner:ubuntu-v18.5.0"
+    assert args["BASE_IMAGE"] == f"gitlab/gitlab-runner:ubuntu-v{RUNNER_VERSION}"
     assert args["EXTRA_PACKAGES"] == "python3 python3-pip"
     assert built.inputs["build"]["dockerfile"] == "images/runner/Dockerfile"
     assert resolve(image.image_ref).value.startswith("sha256:")
@@ -232,7 +232,7 @@ def test_kubernetes_runner(mocks: RecordingMocks) -> None:
     assert len(releases) == 2
     release = next(x for x in releases if x.name == "kr-k1")
     inputs = release.inputs
-    assert inputs["chart"] == "gitlab-runner" and inputs["version"] == "0.82.0"
+    assert inputs["chart"] == "gitlab-runner" and inputs["version"] == CHART_VERSION
     assert inputs["repositoryOpts"]["repo"] == "https://charts.gitlab.io"
     assert inputs["namespace"] == "ci-runners"
     values = inputs["values"]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import tarfile
 from importlib import metadata, resources
 from pathlib import Path
+
+import pytest
+import yaml
 
 from components.settings import CHART_VERSION, RUNNER_VERSION
 
@@ -49,12 +55,30 @@ def test_policy_pack_uses_the_programs_pulumi() -> None:
     assert requirement_pins("policy/requirements.txt")["pulumi"] == requirement_pins("requirements.txt")["pulumi"]
 
 
-def test_chart_and_runner_versions_move_together() -> None:
-    # The chart's minor is the runner's 18.x minor plus 77 (chart 0.77 shipped runner 18.0).
-    major, minor, _ = (int(p) for p in RUNNER_VERSION.split("."))
-    chart_minor = int(CHART_VERSION.split(".")[1])
-    assert major == 18 and chart_minor == minor + 77
-    for stack in ("Pulumi.dev.yaml", "Pulumi.prod.yaml", "images/runner/Dockerfile"):
-        text = (ROOT / stack).read_text()
-        # Any runner version written there is the pinned one.
-        assert set(re.findall(r"\b1[0-9]\.[0-9]+\.[0-9]+\b", text)) <= {RUNNER_VERSION}, stack
+def test_the_runner_is_the_one_the_pinned_chart_ships() -> None:
+    # The pairing is the chart's own appVersion (recorded in versions.env), never a formula.
+    pins = versions_env()
+    assert pins["CHART_VERSION"] == CHART_VERSION
+    assert pins["CHART_APP_VERSION"] == RUNNER_VERSION
+    for path in ("Pulumi.dev.yaml", "Pulumi.prod.yaml", "images/runner/Dockerfile"):
+        text = (ROOT / path).read_text()
+        # Any runner or chart version written there is the pinned one.
+        assert set(re.findall(r"\b1[0-9]\.[0-9]+\.[0-9]+\b", text)) <= {RUNNER_VERSION}, path
+        assert set(re.findall(r"\b0\.[0-9]{2}\.[0-9]+\b", text)) <= {CHART_VERSION}, path
+
+
+def test_the_chart_archive_on_disk_is_the_published_one_and_names_the_runner() -> None:
+    cache = Path(os.environ.get("GITLAB_RUNNERS_CACHE") or Path.home() / ".cache" / "gitlab-runners")
+    archive = Path(
+        os.environ.get("GITLAB_RUNNERS_CHART_ARCHIVE") or cache / "charts" / f"gitlab-runner-{CHART_VERSION}.tgz"
+    )
+    if not archive.is_file():
+        pytest.skip(f"the chart archive gitlab-runner-{CHART_VERSION}.tgz is not on disk (README: the chart offline)")
+    pins = versions_env()
+    assert hashlib.sha256(archive.read_bytes()).hexdigest() == pins["CHART_ARCHIVE_SHA256"]
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("gitlab-runner/Chart.yaml")
+        assert member is not None
+        chart = yaml.safe_load(member.read())
+    assert chart["version"] == CHART_VERSION
+    assert chart["appVersion"] == RUNNER_VERSION == pins["CHART_APP_VERSION"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from components.settings import CHART_VERSION
 from tests.unit.mocks import SECRET_SIG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,7 +129,7 @@ def test_prod_stack_kubernetes_target() -> None:
     assert secret["inputs"]["metadata"]["namespace"] == "gitlab"
     assert any(p.startswith("stringData") for p in secret["secret_inputs"])
     release = next(r for r in result["resources"] if r["typ"] == "kubernetes:helm.sh/v3:Release")
-    assert release["inputs"]["version"] == "0.82.0" and release["inputs"]["namespace"] == "gitlab"
+    assert release["inputs"]["version"] == CHART_VERSION and release["inputs"]["namespace"] == "gitlab"
     assert "glrt-" not in json.dumps(release["inputs"])
     assert result["exports"]["runners"]["value"]["prod-k8s"]["namespace"] == "gitlab"
 
