@@ -76,5 +76,15 @@ elif settings.kubernetes is not None:
 pulumi.export("target", settings.target)
 pulumi.export(
     "runners",
-    {r.name: {"gitlabId": registration.runner_ids[r.name], **targets[r.name]} for r in settings.runners},
+    {
+        r.name: {
+            "gitlabId": registration.runner_ids[r.name],
+            # Created in GitLab by this stack, or a runner that brought its own token (its tags are GitLab's).
+            "registration": "existing token" if r.name in settings.existing_token_names else "created",
+            "executor": r.executor,
+            "tags": None if r.name in settings.existing_token_names else list(r.tags),
+            **targets[r.name],
+        }
+        for r in settings.runners
+    },
 )

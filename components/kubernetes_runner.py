@@ -248,10 +248,11 @@ class KubernetesRunner(pulumi.ComponentResource):
                 string_data={"runner-token": token, "runner-registration-token": ""},
                 opts=secret_options,
             )
-            # Deliberately not secret: a hash that identifies the credentials without revealing them.
-            secrets_fingerprint = pulumi.Output.unsecret(
-                pulumi.Output.all(token, *(credentials[k] for k in sorted(credentials))).apply(
-                    lambda parts: fingerprint(*parts)
+            # The values hold a hash of the credentials (to roll the pods when they change) and no
+            # credential: deliberately not secret, so the release's values stay readable in the state.
+            values = pulumi.Output.unsecret(
+                pulumi.Output.all(secret.metadata.name, token, *(credentials[k] for k in sorted(credentials))).apply(
+                    functools.partial(self._values, runner, args, extras)
                 )
             )
             release = kubernetes.helm.v3.Release(
@@ -263,9 +264,7 @@ class KubernetesRunner(pulumi.ComponentResource):
                 if settings.chart.repository
                 else None,
                 namespace=self.namespace,
-                values=pulumi.Output.all(secret.metadata.name, secrets_fingerprint).apply(
-                    functools.partial(self._values, runner, args, extras)
-                ),
+                values=values,
                 atomic=True,
                 cleanup_on_fail=True,
                 # The readiness gate: the release succeeds once the runner pods are ready.
@@ -278,7 +277,8 @@ class KubernetesRunner(pulumi.ComponentResource):
 
     @staticmethod
     def _values(runner: Runner, args: KubernetesRunnerArgs, extras: ChartExtras, parts: list[str]) -> dict[str, Any]:
-        secret_name, secrets_fingerprint = parts
+        secret_name, *credentials = parts
+        secrets_fingerprint = fingerprint(*credentials)
         return chart_values(
             runner,
             args.settings,

@@ -202,6 +202,9 @@ def test_prod_stack_up_token_change_preview_destroy(project: Project, cluster: C
         outputs = prod.outputs()
         assert outputs["runners"].value["prod-k8s"] == {
             "gitlabId": None,
+            "registration": "existing token",
+            "executor": "kubernetes",
+            "tags": None,
             "release": "prod-k8s-runner",
             "namespace": "gitlab",
         }

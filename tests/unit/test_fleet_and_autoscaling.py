@@ -125,7 +125,7 @@ def test_fleeting_plugins_go_into_each_hosts_image() -> None:
     }
     providers = sorted(r["inputs"]["host"] for r in result["resources"] if r["typ"] == "pulumi:providers:docker")
     assert providers == ["ssh://ci@b", "unix:///a.sock"]  # each host its own provider
-    assert set(result["exports"]["runners"]["value"]["y"]) == {"gitlabId", "b"}
+    assert set(result["exports"]["runners"]["value"]["y"]) == {"gitlabId", "registration", "executor", "tags", "b"}
 
 
 @pytest.mark.parametrize(

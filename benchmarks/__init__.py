@@ -1,0 +1,1 @@
+"""Benchmarks (scripts/bench): what the program costs, against baselines measured in the same run."""

@@ -1,0 +1,369 @@
+"""P2 to P5: the real engine, Docker and the local control plane, against what a user does by hand.
+
+Each side runs in the same conditions (the same image cache state, the same GitLab API double and the
+same runner stand-in), alternated, the median of several runs taken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pulumi import automation as auto
+
+from components.runner_config import render_config_toml
+from components.runner_image import build_args
+from components.settings import RUNNER_VERSION, parse_settings
+from tests.gitlab_double.server import GitLabDouble, serve
+from tests.integration.conftest import PROJECT_DIRS, PROJECT_FILES, ROOT, copy_project
+from tests.integration.docker_engine import Engine, base_image, start_engine, wait_for
+from tests.integration.local_cluster import free_port, local_cluster
+
+API_TOKEN = "glpat-benchmark-api-token"  # noqa: S105 - for the API double only
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def polled_after(gitlab: GitLabDouble, token: str, since: float) -> float | None:
+    with gitlab.lock:
+        moments = [p.at.timestamp() for p in gitlab.polls if p.token == token and p.at.timestamp() >= since]
+    return min(moments) if moments else None
+
+
+@contextmanager
+def project(work: Path, program: Path | None = None) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A throw-away copy of the project (or of the baseline program) with its own file backend."""
+    folder = work / secrets.token_hex(3)
+    copy_project(ROOT, PROJECT_FILES, PROJECT_DIRS, folder)
+    if program is not None:
+        shutil.copy(program / "__main__.py", folder / "__main__.py")
+    (folder / ".venv").symlink_to(ROOT / ".venv")
+    (folder / "state").mkdir()
+    env = {
+        "PULUMI_BACKEND_URL": f"file://{folder / 'state'}",
+        "PULUMI_CONFIG_PASSPHRASE": "benchmark",
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+    }
+    yield folder, env
+
+
+def docker_stack_config(
+    engine: Engine, gitlab: GitLabDouble, base: str, tokens: dict[str, str], prefix: str, extra: list[str]
+) -> dict[str, auto.ConfigValue]:
+    runners = [{"name": name, "executor": "shell"} for name in tokens]
+    docker = {
+        "hosts": [{"name": "local", "host": engine.host, "networkMode": "host"}],
+        "containerName": prefix,
+        "image": {
+            "flavor": "ubuntu",
+            "baseImage": base,
+            "repository": f"gitlab-runners/{prefix}",
+            "extraPackages": extra,
+        },
+        "stopTimeout": 10,
+    }
+    return {
+        "gitlab-runners:target": auto.ConfigValue("docker"),
+        "gitlab-runners:gitlabUrl": auto.ConfigValue(gitlab.base_url),
+        "gitlab-runners:checkInterval": auto.ConfigValue("1"),
+        "gitlab-runners:metrics": auto.ConfigValue(json.dumps({"port": free_port()})),
+        "gitlab-runners:runners": auto.ConfigValue(json.dumps(runners)),
+        "gitlab-runners:docker": auto.ConfigValue(json.dumps(docker)),
+        "gitlab-runners:runnerTokens": auto.ConfigValue(json.dumps(tokens), secret=True),
+    }
+
+
+def clean_images(engine: Engine, prefix: str) -> None:
+    """The same image cache state for both sides: no built runner image, no build cache."""
+    names = engine.run("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    ours = [n for n in names if n.startswith(f"gitlab-runners/{prefix}") or n.startswith(f"{prefix}/")]
+    if ours:
+        engine.run("rmi", "-f", *ours, check=False)
+    engine.run("builder", "prune", "-af", check=False)
+
+
+def by_hand(engine: Engine, gitlab: GitLabDouble, base: str, token: str, prefix: str, extra: list[str]) -> float:
+    """`docker build` and `docker run` of the same Dockerfile and config.toml, to the runner's first poll."""
+    settings = parse_settings(
+        {
+            "target": "docker",
+            "gitlabUrl": gitlab.base_url,
+            "checkInterval": 1,
+            "runners": [{"name": "bench", "executor": "shell"}],
+            "docker": {"image": {"flavor": "ubuntu", "baseImage": base, "extraPackages": extra}},
+        },
+        stack="bench",
+        existing_token_names=frozenset({"bench"}),
+    )
+    assert settings.docker is not None and settings.docker.build is not None
+    config = render_config_toml(settings.global_, settings.runners, gitlab.base_url, {"bench": token})
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "config.toml").write_text(config)
+        started = time.time()
+        args = [f"--build-arg={k}={v}" for k, v in build_args(settings.docker.build).items()]
+        image = f"{prefix}/by-hand:{RUNNER_VERSION}"
+        subprocess.run(
+            ["docker", "-H", engine.host, "build", "-q", "-t", image, *args, str(ROOT / "images" / "runner")],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "DOCKER_BUILDKIT": "0"},
+        )
+        engine.run("volume", "create", f"{prefix}-by-hand")
+        engine.run(
+            "create",
+            "--name",
+            f"{prefix}-by-hand",
+            "--network",
+            "host",
+            "-v",
+            f"{prefix}-by-hand:/etc/gitlab-runner",
+            image,
+        )
+        engine.run("cp", str(Path(folder) / "config.toml"), f"{prefix}-by-hand:/etc/gitlab-runner/config.toml")
+        engine.run("start", f"{prefix}-by-hand")
+        first = wait_for("the hand-made runner's first poll", lambda: polled_after(gitlab, token, started), seconds=120)
+    engine.run("rm", "-f", f"{prefix}-by-hand", check=False)
+    engine.run("volume", "rm", "-f", f"{prefix}-by-hand", check=False)
+    return float(first) - started
+
+
+def with_pulumi(
+    engine: Engine, gitlab: GitLabDouble, base: str, token: str, prefix: str, extra: list[str], work: Path
+) -> float:
+    """`pulumi up` of a fresh stack, to the runner's first poll."""
+    with project(work) as (folder, env):
+        stack = auto.create_or_select_stack(
+            "bench", work_dir=str(folder), opts=auto.LocalWorkspaceOptions(env_vars=env)
+        )
+        stack.set_all_config(docker_stack_config(engine, gitlab, base, {"bench": token}, prefix, extra))
+        started = time.time()
+        stack.up(color="never")
+        first = wait_for("the deployed runner's first poll", lambda: polled_after(gitlab, token, started), seconds=120)
+        stack.destroy(color="never")
+        stack.workspace.remove_stack("bench", force=True)
+    return float(first) - started
+
+
+def time_to_first_poll(repeats: int, work: Path) -> list[dict[str, object]]:
+    engine = start_engine()
+    base = base_image(engine)
+    extra = ["jq"]
+    hand: list[float] = []
+    program: list[float] = []
+    with serve(API_TOKEN) as gitlab:
+        for _ in range(repeats):
+            prefix = f"gr-bench-{secrets.token_hex(3)}"
+            clean_images(engine, prefix)
+            hand.append(by_hand(engine, gitlab, base, gitlab.create_runner().token, prefix, extra))
+            clean_images(engine, prefix)
+            program.append(with_pulumi(engine, gitlab, base, gitlab.create_runner().token, prefix, extra, work))
+            clean_images(engine, prefix)
+    ratio = median(program) / median(hand)
+    return [
+        {
+            "benchmark": "P2 pulumi up to first poll (Docker)",
+            "case": "1 shell runner, cold image build",
+            "program_s": median(program),
+            "baseline_s": median(hand),
+            "baseline": "docker build + docker run by hand",
+            "ratio": ratio,
+            "goal": "<= 1.5x",
+            "met": ratio <= 1.5,
+        }
+    ]
+
+
+def timed(action: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def no_change_docker(repeats: int, work: Path) -> list[dict[str, object]]:
+    engine = start_engine()
+    base = base_image(engine)
+    rows = []
+    with serve(API_TOKEN) as gitlab:
+        prefix = f"gr-bench-{secrets.token_hex(3)}"
+        tokens = {"bench": gitlab.create_runner().token}
+        baseline_tokens = {"bench": gitlab.create_runner().token}
+        with project(work) as (folder, env), project(work, ROOT / "benchmarks" / "baseline") as (b_folder, b_env):
+            stack = auto.create_or_select_stack(
+                "bench", work_dir=str(folder), opts=auto.LocalWorkspaceOptions(env_vars=env)
+            )
+            stack.set_all_config(docker_stack_config(engine, gitlab, base, tokens, prefix, []))
+            baseline = auto.create_or_select_stack(
+                "bench", work_dir=str(b_folder), opts=auto.LocalWorkspaceOptions(env_vars=b_env)
+            )
+            baseline.set_all_config(docker_stack_config(engine, gitlab, base, baseline_tokens, f"{prefix}-b", []))
+            try:
+                stack.up(color="never")
+                baseline.up(color="never")
+                up, preview, base_up = [], [], []
+                for _ in range(repeats):
+                    up.append(timed(lambda: stack.up(color="never", expect_no_changes=True)))
+                    preview.append(timed(lambda: stack.preview(color="never", expect_no_changes=True)))
+                    base_up.append(timed(lambda: baseline.up(color="never", expect_no_changes=True)))
+            finally:
+                stack.destroy(color="never")
+                baseline.destroy(color="never")
+        rows += no_change_rows("docker", up, preview, base_up)
+    return rows
+
+
+def no_change_rows(target: str, up: list[float], preview: list[float], base_up: list[float]) -> list[dict[str, object]]:
+    return [
+        {
+            "benchmark": "P3 no-change pulumi up",
+            "case": f"{target}: against pulumi preview of the same stack",
+            "program_s": median(up),
+            "baseline_s": median(preview),
+            "ratio": median(up) / median(preview),
+            "goal": "(reported)",
+            "met": None,
+        },
+        {
+            "benchmark": "P3 no-change pulumi up",
+            "case": f"{target}: against the baseline program's no-change up",
+            "program_s": median(up),
+            "baseline_s": median(base_up),
+            "ratio": median(up) / median(base_up),
+            "goal": "(reported)",
+            "met": None,
+        },
+    ]
+
+
+def kubernetes_costs(repeats: int, work: Path) -> list[dict[str, object]]:
+    """P3 on Kubernetes and P5: the deploy time of the prod example on the local control plane."""
+    bin_dir = os.environ.get("GITLAB_RUNNERS_CLUSTER_BIN")
+    if not bin_dir:
+        return [{"benchmark": "P3/P5 Kubernetes", "case": "skipped: no local control plane", "met": None}]
+    cache = Path(os.environ.get("GITLAB_RUNNERS_CACHE") or Path.home() / ".cache" / "gitlab-runners")
+    archive = cache / "charts" / "gitlab-runner-0.86.0.tgz"
+    chart = str(archive) if archive.is_file() else str(ROOT / "tests" / "fixtures" / "chart")
+    with local_cluster(Path(bin_dir), work / "cluster") as cluster:
+        cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": "gitlab"}})
+        with project(work) as (folder, env):
+            stack = auto.create_or_select_stack(
+                "prod", work_dir=str(folder), opts=auto.LocalWorkspaceOptions(env_vars=env)
+            )
+            runners = [{"name": "prod-k8s", "executor": "kubernetes", "limit": 4}]
+            kubernetes = {"namespace": "gitlab", "chart": {"path": chart}, "kubeconfig": str(cluster.kubeconfig)}
+            stack.set_all_config(
+                {
+                    "gitlab-runners:runners": auto.ConfigValue(json.dumps(runners)),
+                    "gitlab-runners:runnerTokens": auto.ConfigValue(
+                        json.dumps({"prod-k8s": "glrt-bench-k8s"}), secret=True
+                    ),
+                    "gitlab-runners:kubernetes": auto.ConfigValue(json.dumps(kubernetes)),
+                }
+            )
+            try:
+                deploy = timed(lambda: stack.up(color="never"))
+                up, preview = [], []
+                for _ in range(repeats):
+                    up.append(timed(lambda: stack.up(color="never", expect_no_changes=True)))
+                    preview.append(timed(lambda: stack.preview(color="never", expect_no_changes=True)))
+            finally:
+                stack.destroy(color="never")
+    rows = [
+        {
+            "benchmark": "P5 deploy time",
+            "case": f"kubernetes: prod example, {'official' if archive.is_file() else 'stand-in'} chart, local cluster",
+            "program_s": deploy,
+            "goal": "(reported)",
+            "met": None,
+        }
+    ]
+    rows += no_change_rows("kubernetes", up, preview, [])[:1]
+    return rows
+
+
+def fleet_deploy(work: Path) -> list[dict[str, object]]:
+    """P5: `pulumi up` of 10 runners on the Docker target (one host, both executor kinds)."""
+    engine = start_engine()
+    base = base_image(engine)
+    with serve(API_TOKEN) as gitlab:
+        prefix = f"gr-bench-{secrets.token_hex(3)}"
+        tokens = {f"fleet-{i}": gitlab.create_runner().token for i in range(10)}
+        with project(work) as (folder, env):
+            stack = auto.create_or_select_stack(
+                "bench", work_dir=str(folder), opts=auto.LocalWorkspaceOptions(env_vars=env)
+            )
+            config = docker_stack_config(engine, gitlab, base, tokens, prefix, [])
+            runners = [{"name": n, "executor": "docker" if i % 2 else "shell"} for i, n in enumerate(tokens)]
+            config["gitlab-runners:runners"] = auto.ConfigValue(json.dumps(runners))
+            stack.set_all_config(config)
+            try:
+                deploy = timed(lambda: stack.up(color="never"))
+                wait_for(
+                    "all ten runners to poll", lambda: set(tokens.values()) <= gitlab.tokens_that_polled(), seconds=120
+                )
+            finally:
+                stack.destroy(color="never")
+    return [
+        {
+            "benchmark": "P5 deploy time",
+            "case": "docker: 10 runners (docker and shell) on one host",
+            "program_s": deploy,
+            "goal": "(reported)",
+            "met": None,
+        }
+    ]
+
+
+def image_size() -> list[dict[str, object]]:
+    """P4: what the runner image adds over its base, against the installed size of the packages."""
+    engine = start_engine()
+    base = base_image(engine)
+    settings = parse_settings(
+        {"target": "docker", "docker": {"image": {"flavor": "ubuntu", "baseImage": base, "extraPackages": ["jq"]}}},
+        stack="bench",
+        has_gitlab_token=True,
+    )
+    assert settings.docker is not None and settings.docker.build is not None
+    image = f"gr-bench-size/runner:{RUNNER_VERSION}"
+    args = [f"--build-arg={k}={v}" for k, v in build_args(settings.docker.build).items()]
+    subprocess.run(
+        ["docker", "-H", engine.host, "build", "-q", "-t", image, *args, str(ROOT / "images" / "runner")],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
+
+    def size(name: str) -> int:
+        return int(engine.run("image", "inspect", "-f", "{{.Size}}", name).stdout)
+
+    added = size(image) - size(base)
+    installed_kib = engine.run(
+        "run", "--rm", "--entrypoint", "sh", image, "-c",
+        "dpkg-query -W -f '${Installed-Size}\\n' jq libjq1 libonig5 | awk '{s += $1} END {print s}'",
+    ).stdout  # fmt: skip
+    installed = int(installed_kib.strip()) * 1024
+    engine.run("rmi", "-f", image, check=False)
+    ratio = added / installed
+    return [
+        {
+            "benchmark": "P4 runner image size",
+            "case": "extraPackages [jq] on the ubuntu-flavour base: bytes added / installed size of the packages",
+            "program_bytes": added,
+            "baseline_bytes": installed,
+            "ratio": ratio,
+            "goal": "<= 1.1x",
+            "met": ratio <= 1.1,
+        }
+    ]

@@ -1,0 +1,89 @@
+"""One evaluation of a Pulumi program under mocks, in a process of its own, printing its time and peak
+memory as JSON. Run by benchmarks/program_cost.py; the root Stack exists once per process under mocks.
+
+    python -m benchmarks.mocked_program '{"program": "project"|"baseline", "target": ..., "runners": N, "hosts": H}'
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import runpy
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+ROOT = Path(__file__).resolve().parents[1]
+PROGRAMS = {"project": ROOT / "__main__.py", "baseline": ROOT / "benchmarks" / "baseline" / "__main__.py"}
+
+
+class Mocks(pulumi.runtime.Mocks):
+    """Answers with the inputs, and the few outputs the programs read."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        outputs = dict(args.inputs)
+        if args.typ == "gitlab:index/userRunner:UserRunner":
+            outputs["token"] = f"glrt-bench-{args.name}"
+        elif args.typ == "docker:index/image:Image":
+            outputs["repoDigest"] = "sha256:" + "0" * 64
+        elif args.typ == "docker:index/container:Container":
+            outputs["exitCode"] = 0
+        return f"{args.name}-id", outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
+        return {}, None
+
+
+def stack_config(target: str, runners: int, hosts: int) -> dict[str, str]:
+    """A stack of `runners` runners (docker and shell alternating on Docker) over `hosts` hosts."""
+    executors = ["docker", "shell"] if target == "docker" else ["kubernetes"]
+    host_names = [f"h{i}" for i in range(hosts)]
+    specs: list[dict[str, Any]] = []
+    for index in range(runners):
+        spec: dict[str, Any] = {"name": f"r{index}", "executor": executors[index % len(executors)], "limit": 2}
+        spec["tags"] = ["bench", f"t{index % 7}"]
+        if target == "docker":
+            spec["hosts"] = [host_names[index % hosts]]
+        specs.append(spec)
+    config = {
+        "gitlab-runners:target": target,
+        "gitlab-runners:gitlabUrl": "https://gitlab.example.com",
+        "gitlab-runners:runners": json.dumps(specs),
+        # The scope check and the readiness gate ask GitLab and Docker: off, as in a preview.
+        "gitlab-runners:readiness": json.dumps({"enabled": False}),
+        "gitlab:token": "glpat-benchmark-token",
+    }
+    if target == "docker":
+        config["gitlab-runners:docker"] = json.dumps(
+            {"hosts": [{"name": n, "host": f"unix:///run/{n}.sock"} for n in host_names]}
+        )
+    else:
+        config["gitlab-runners:kubernetes"] = json.dumps({"namespace": "gitlab"})
+    return config
+
+
+def main() -> None:
+    request = json.loads(sys.argv[1])
+    config = stack_config(request["target"], request["runners"], request.get("hosts", 1))
+    pulumi.runtime.set_mocks(Mocks(), project="gitlab-runners", stack="bench", preview=True)
+    pulumi.runtime.set_all_config(config, ["gitlab:token"])
+    pulumi.export = lambda name, value: None
+    program = PROGRAMS[request["program"]]
+    started = time.perf_counter()
+
+    def evaluate() -> None:
+        runpy.run_path(str(program), run_name="__main__")
+
+    _sync_await(run_pulumi_func(evaluate))
+    elapsed = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": elapsed, "peak_mib": peak_kib / 1024}))
+
+
+if __name__ == "__main__":
+    main()

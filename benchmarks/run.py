@@ -1,0 +1,90 @@
+"""scripts/bench: runs the benchmarks, prints the table and writes it as JSON under bench/results/.
+
+python -m benchmarks.run                  # everything
+python -m benchmarks.run --only P1 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks import engine_cost, program_cost
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def show(value: Any, seconds: bool) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f} s" if seconds else f"{int(value):,} B"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| benchmark | case | project | baseline | ratio | goal | met |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        seconds = "program_bytes" not in row
+        project = show(row.get("program_s", row.get("program_bytes")), seconds)
+        baseline = show(row.get("baseline_s", row.get("baseline_bytes")), seconds)
+        ratio = f"{row['ratio']:.2f}x" if "ratio" in row else ""
+        met = {True: "yes", False: "**no**", None: ""}[row.get("met")]
+        goal = row.get("goal", "")
+        lines.append(f"| {row['benchmark']} | {row['case']} | {project} | {baseline} | {ratio} | {goal} | {met} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5", help="comma-separated: P1,P2,P3,P4,P5")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per side; the median is reported")
+    parser.add_argument("--sizes", default="1,10,100,1000", help="P1 stack sizes (runners)")
+    options = parser.parse_args(argv)
+    wanted = set(options.only.split(","))
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        if "P1" in wanted:
+            rows += program_cost.run([int(n) for n in options.sizes.split(",")], options.repeats)
+        if "P2" in wanted:
+            rows += engine_cost.time_to_first_poll(max(3, options.repeats // 2), work)
+        if "P3" in wanted:
+            rows += engine_cost.no_change_docker(options.repeats, work)
+        if "P3" in wanted or "P5" in wanted:
+            rows += engine_cost.kubernetes_costs(options.repeats, work)
+        if "P4" in wanted:
+            rows += engine_cost.image_size()
+        if "P5" in wanted:
+            rows += engine_cost.fleet_deploy(work)
+    now = datetime.datetime.now(datetime.UTC)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    report = {
+        "date": now.isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "commit": commit.strip(),
+        "repeats": options.repeats,
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{now.strftime('%Y-%m-%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"{now:%Y-%m-%d}, {os.cpu_count()} cores, commit {commit.strip()}; medians of {options.repeats} runs per side"
+    )
+    print(table(rows))
+    print(f"written to {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
