@@ -137,6 +137,7 @@ class DockerHost(pulumi.ComponentResource):
                 f"{name}-{kind}",
                 DockerRunnerArgs(
                     container_name=f"{prefix}-{kind}",
+                    host=host.name,
                     runners=runners,
                     image=image_ref,
                     global_=args.global_,

@@ -75,6 +75,9 @@ class DockerRunnerArgs:
     allow_privileged: bool = False
     """The stack allows privileged jobs; recorded as a label the policy pack reads."""
 
+    host: str = "local"
+    """The name of the Docker host it runs on (shown in the plan)."""
+
     cache: Cache | None = None
     """The distributed cache every runner uses."""
 
@@ -118,7 +121,8 @@ class DockerRunner(pulumi.ComponentResource):
     """Resolves once the readiness gate saw the runner healthy (None: no gate)."""
 
     def __init__(self, name: str, args: DockerRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(COMPONENT_TYPE, name, None, opts)
+        described = {"host": args.host, "container": args.container_name, "runners": [r.name for r in args.runners]}
+        super().__init__(COMPONENT_TYPE, name, described, opts)
         labels = {
             "io.gitlab-runners.component": name,
             "io.gitlab-runners.managed-by": "pulumi",

@@ -183,7 +183,8 @@ class KubernetesRunner(pulumi.ComponentResource):
     release_names: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, args: KubernetesRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(COMPONENT_TYPE, name, None, opts)
+        releases = {r.name: f"{r.name}-runner" for r in args.runners}
+        super().__init__(COMPONENT_TYPE, name, {"namespace": args.settings.namespace, "releases": releases}, opts)
         settings = args.settings
         labels = {"app.kubernetes.io/managed-by": "pulumi", "app.kubernetes.io/part-of": "gitlab-runners"}
         child = pulumi.ResourceOptions(parent=self)

@@ -37,7 +37,17 @@ class RunnerRegistration(pulumi.ComponentResource):
         args: RunnerRegistrationArgs,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(COMPONENT_TYPE, name, None, opts)
+        # What the plan shows of the runners (scripts/plan_table.py reads it from `pulumi preview --json`).
+        described = [
+            {
+                "name": r.name,
+                "registration": "existing token" if r.name in args.existing_tokens else "created",
+                "executor": r.executor,
+                "tags": None if r.name in args.existing_tokens else list(r.tags),
+            }
+            for r in args.runners
+        ]
+        super().__init__(COMPONENT_TYPE, name, {"runners": described}, opts)
         self.runner_ids = {}
         self.tokens = {}
         for runner in args.runners:

@@ -3,9 +3,9 @@
 where each runs, its executor, its tags, and whether the stack creates it in GitLab or it brings its
 own token. Used by scripts/preview and the merge-request job of ci/gitlab-ci.yml.
 
-    scripts/plan-table plan.json                 # the table
-    scripts/plan-table --steps plan.json         # the resources that change, warnings, then the table
-    scripts/plan-table --diagnostics plan.json   # a failed preview's errors
+    scripts/plan_table.py plan.json                 # the table
+    scripts/plan_table.py --steps plan.json         # the resources that change, warnings, then the table
+    scripts/plan_table.py --diagnostics plan.json   # a failed preview's errors
 """
 
 from __future__ import annotations
@@ -14,58 +14,47 @@ import json
 import sys
 from typing import Any
 
-STACK_TYPE = "pulumi:pulumi:Stack"
-UNKNOWN = "(known after up)"
 
-
-def stack_outputs(plan: dict[str, Any]) -> dict[str, Any]:
+def component_inputs(plan: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """The inputs of the project's components of one kind (they describe the runners)."""
+    found = []
     for step in plan.get("steps") or []:
-        state = step.get("newState") or step.get("oldState") or {}
-        if state.get("type") == STACK_TYPE:
-            outputs: dict[str, Any] = state.get("outputs") or {}
-            return outputs
-    return {}
+        state = step.get("newState") or {}
+        if state.get("type") == f"gitlab-runners:index:{kind}" and step.get("op") != "delete":
+            found.append(state.get("inputs") or {})
+    return found
 
 
 def show(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, str) and value.startswith("output<"):
-        return UNKNOWN
     if isinstance(value, list):
         return ", ".join(show(v) for v in value) or "(none)"
     return str(value)
 
 
-def where(details: dict[str, Any]) -> str:
-    if "release" in details:
-        return f"release {show(details['release'])} in namespace {show(details.get('namespace'))}"
-    hosts = [
-        f"{host}: {show(place.get('container'))}"
-        for host, place in details.items()
-        if isinstance(place, dict) and "container" in place
-    ]
-    return "; ".join(hosts) or UNKNOWN
-
-
 def table(plan: dict[str, Any]) -> str:
-    outputs = stack_outputs(plan)
-    runners = outputs.get("runners")
-    if not isinstance(runners, dict):
-        return "(the preview shows no runners: the stack registered no outputs)"
-    lines = [
-        f"target: {show(outputs.get('target'))}",
-        "| runner | runs on | executor | tags | in GitLab |",
-        "|---|---|---|---|---|",
-    ]
-    for name, details in sorted(runners.items()):
-        if not isinstance(details, dict):
-            lines.append(f"| {name} | {UNKNOWN} | | | |")
-            continue
-        registration = details.get("registration")
-        gitlab = "created by the stack" if registration == "created" else "brings its own token"
-        tags = "(kept in GitLab)" if registration != "created" else show(details.get("tags"))
-        lines.append(f"| {name} | {where(details)} | {show(details.get('executor'))} | {tags} | {gitlab} |")
+    runners: dict[str, dict[str, Any]] = {}
+    for registration in component_inputs(plan, "RunnerRegistration"):
+        for runner in registration.get("runners") or []:
+            runners[runner["name"]] = {**runner, "where": []}
+    if not runners:
+        return "(the plan shows no runners)"
+    for manager in component_inputs(plan, "DockerRunner"):
+        for name in manager.get("runners") or []:
+            if name in runners:
+                runners[name]["where"].append(f"{manager.get('host')}: container {manager.get('container')}")
+    for cluster in component_inputs(plan, "KubernetesRunner"):
+        for name, release in (cluster.get("releases") or {}).items():
+            if name in runners:
+                runners[name]["where"].append(f"release {release} in namespace {cluster.get('namespace')}")
+    lines = ["| runner | runs on | executor | tags | in GitLab |", "|---|---|---|---|---|"]
+    for name, runner in sorted(runners.items()):
+        created = runner.get("registration") == "created"
+        tags = show(runner.get("tags")) if created else "(kept in GitLab)"
+        gitlab = "created by the stack" if created else "brings its own token"
+        where = "; ".join(runner["where"]) or "(nowhere yet)"
+        lines.append(f"| {name} | {where} | {show(runner.get('executor'))} | {tags} | {gitlab} |")
     summary = plan.get("changeSummary") or {}
     if summary:
         lines.append("changes: " + ", ".join(f"{count} to {op}" for op, count in sorted(summary.items())))
