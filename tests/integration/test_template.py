@@ -52,7 +52,7 @@ def test_pulumi_new_scaffolds_a_project_whose_settings_work(template: Path, tmp_
             "--stack",
             "staging",
             *config,
-        ],  # fmt: skip
+        ],
         cwd=project,
         capture_output=True,
         text=True,
