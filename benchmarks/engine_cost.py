@@ -25,7 +25,7 @@ from components.runner_config import render_config_toml
 from components.runner_image import build_args
 from components.settings import RUNNER_VERSION, parse_settings
 from tests.gitlab_double.server import GitLabDouble, serve
-from tests.integration.conftest import PROJECT_DIRS, PROJECT_FILES, ROOT, copy_project
+from tests.integration.conftest import ROOT, new_project
 from tests.integration.docker_engine import Engine, base_image, start_engine, wait_for
 from tests.integration.local_cluster import free_port, local_cluster
 
@@ -45,19 +45,10 @@ def polled_after(gitlab: GitLabDouble, token: str, since: float) -> float | None
 @contextmanager
 def project(work: Path, program: Path | None = None) -> Iterator[tuple[Path, dict[str, str]]]:
     """A throw-away copy of the project (or of the baseline program) with its own file backend."""
-    folder = work / secrets.token_hex(3)
-    copy_project(ROOT, PROJECT_FILES, PROJECT_DIRS, folder)
+    copy = new_project(work / secrets.token_hex(3))
     if program is not None:
-        shutil.copy(program / "__main__.py", folder / "__main__.py")
-    (folder / ".venv").symlink_to(ROOT / ".venv")
-    (folder / "state").mkdir()
-    env = {
-        "PULUMI_BACKEND_URL": f"file://{folder / 'state'}",
-        "PULUMI_CONFIG_PASSPHRASE": "benchmark",
-        "PULUMI_SKIP_UPDATE_CHECK": "true",
-        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-    }
-    yield folder, env
+        shutil.copy(program / "__main__.py", copy.dir / "__main__.py")
+    yield copy.dir, copy.env
 
 
 def docker_stack_config(
@@ -257,40 +248,51 @@ def kubernetes_costs(repeats: int, work: Path) -> list[dict[str, object]]:
     chart = str(archive) if archive.is_file() else str(ROOT / "tests" / "fixtures" / "chart")
     with local_cluster(Path(bin_dir), work / "cluster") as cluster:
         cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": "gitlab"}})
-        with project(work) as (folder, env):
+
+        def config(name: str) -> dict[str, auto.ConfigValue]:
+            runners = [{"name": name, "executor": "kubernetes", "limit": 4}]
+            kubernetes = {"namespace": "gitlab", "chart": {"path": chart}, "kubeconfig": str(cluster.kubeconfig)}
+            return {
+                "gitlab-runners:target": auto.ConfigValue("kubernetes"),
+                "gitlab-runners:gitlabUrl": auto.ConfigValue("https://gitlab.example.com"),
+                "gitlab-runners:runners": auto.ConfigValue(json.dumps(runners)),
+                "gitlab-runners:runnerTokens": auto.ConfigValue(json.dumps({name: f"glrt-bench-{name}"}), secret=True),
+                "gitlab-runners:kubernetes": auto.ConfigValue(json.dumps(kubernetes)),
+            }
+
+        with project(work) as (folder, env), project(work, ROOT / "benchmarks" / "baseline") as (b_folder, b_env):
             stack = auto.create_or_select_stack(
                 "prod", work_dir=str(folder), opts=auto.LocalWorkspaceOptions(env_vars=env)
             )
-            runners = [{"name": "prod-k8s", "executor": "kubernetes", "limit": 4}]
-            kubernetes = {"namespace": "gitlab", "chart": {"path": chart}, "kubeconfig": str(cluster.kubeconfig)}
-            stack.set_all_config(
-                {
-                    "gitlab-runners:runners": auto.ConfigValue(json.dumps(runners)),
-                    "gitlab-runners:runnerTokens": auto.ConfigValue(
-                        json.dumps({"prod-k8s": "glrt-bench-k8s"}), secret=True
-                    ),
-                    "gitlab-runners:kubernetes": auto.ConfigValue(json.dumps(kubernetes)),
-                }
+            stack.set_all_config(config("prod-k8s"))
+            baseline = auto.create_or_select_stack(
+                "prod", work_dir=str(b_folder), opts=auto.LocalWorkspaceOptions(env_vars=b_env)
             )
+            baseline.set_all_config(config("base-k8s"))
             try:
                 deploy = timed(lambda: stack.up(color="never"))
-                up, preview = [], []
+                base_deploy = timed(lambda: baseline.up(color="never"))
+                up, preview, base_up = [], [], []
                 for _ in range(repeats):
                     up.append(timed(lambda: stack.up(color="never", expect_no_changes=True)))
                     preview.append(timed(lambda: stack.preview(color="never", expect_no_changes=True)))
+                    base_up.append(timed(lambda: baseline.up(color="never", expect_no_changes=True)))
             finally:
                 stack.destroy(color="never")
-    rows = [
+                baseline.destroy(color="never")
+    kind = "official" if archive.is_file() else "stand-in"
+    rows: list[dict[str, object]] = [
         {
             "benchmark": "P5 deploy time",
-            "case": f"kubernetes: prod example, {'official' if archive.is_file() else 'stand-in'} chart, local cluster",
+            "case": f"kubernetes: 1 runner, {kind} chart, local control plane (baseline program alongside)",
             "program_s": deploy,
+            "baseline_s": base_deploy,
+            "ratio": deploy / base_deploy,
             "goal": "(reported)",
             "met": None,
         }
     ]
-    rows += no_change_rows("kubernetes", up, preview, [])[:1]
-    return rows
+    return rows + no_change_rows("kubernetes", up, preview, base_up)
 
 
 def fleet_deploy(work: Path) -> list[dict[str, object]]:
@@ -327,7 +329,7 @@ def fleet_deploy(work: Path) -> list[dict[str, object]]:
 
 
 def image_size() -> list[dict[str, object]]:
-    """P4: what the runner image adds over its base, against the installed size of the packages."""
+    """P4: what the runner image adds over its base, against the bytes of the files its packages installed."""
     engine = start_engine()
     base = base_image(engine)
     settings = parse_settings(
@@ -349,17 +351,24 @@ def image_size() -> list[dict[str, object]]:
         return int(engine.run("image", "inspect", "-f", "{{.Size}}", name).stdout)
 
     added = size(image) - size(base)
-    installed_kib = engine.run(
-        "run", "--rm", "--entrypoint", "sh", image, "-c",
-        "dpkg-query -W -f '${Installed-Size}\\n' jq libjq1 libonig5 | awk '{s += $1} END {print s}'",
-    ).stdout  # fmt: skip
-    installed = int(installed_kib.strip()) * 1024
+    # The bytes of the files the added packages (the requested ones and their dependencies) put on disk.
+    listing = "dpkg-query -W -f '${Package}\\n'"
+
+    def packages(name: str) -> set[str]:
+        return set(engine.run("run", "--rm", "--entrypoint", "sh", name, "-c", listing).stdout.split())
+
+    added_packages = sorted(packages(image) - packages(base))
+    regular = 'while read -r f; do [ -f "$f" ] && [ ! -L "$f" ] && echo "$f"; done'
+    files = f"dpkg -L {' '.join(added_packages)} | {regular}"
+    sizes = engine.run("run", "--rm", "--entrypoint", "sh", image, "-c", f"{files} | sort -u | xargs -r stat -c %s")
+    installed = sum(int(n) for n in sizes.stdout.split())
     engine.run("rmi", "-f", image, check=False)
     ratio = added / installed
     return [
         {
             "benchmark": "P4 runner image size",
-            "case": "extraPackages [jq] on the ubuntu-flavour base: bytes added / installed size of the packages",
+            "case": "extraPackages [jq] on the ubuntu-flavour base: bytes added / bytes of the files of "
+            + ", ".join(added_packages),
             "program_bytes": added,
             "baseline_bytes": installed,
             "ratio": ratio,

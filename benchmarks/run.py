@@ -14,6 +14,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,10 @@ def show(value: Any, seconds: bool) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| benchmark | case | project | baseline | ratio | goal | met |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| benchmark | case | project | baseline | ratio | goal | met | peak memory (project / baseline) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         seconds = "program_bytes" not in row
         project = show(row.get("program_s", row.get("program_bytes")), seconds)
@@ -38,7 +42,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         ratio = f"{row['ratio']:.2f}x" if "ratio" in row else ""
         met = {True: "yes", False: "**no**", None: ""}[row.get("met")]
         goal = row.get("goal", "")
-        lines.append(f"| {row['benchmark']} | {row['case']} | {project} | {baseline} | {ratio} | {goal} | {met} |")
+        memory = ""
+        if "program_peak_mib" in row:
+            peaks = f"{row['program_peak_mib']:.0f} / {row['baseline_peak_mib']:.0f} MiB"
+            memory = f"{peaks} ({row['memory_ratio']:.2f}x)"
+        cells = [row["benchmark"], row["case"], project, baseline, ratio, goal, met, memory]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -47,23 +56,41 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", default="P1,P2,P3,P4,P5", help="comma-separated: P1,P2,P3,P4,P5")
     parser.add_argument("--repeats", type=int, default=5, help="runs per side; the median is reported")
     parser.add_argument("--sizes", default="1,10,100,1000", help="P1 stack sizes (runners)")
+    parser.add_argument(
+        "--table", nargs="+", metavar="JSON", help="print the latest figure of each row of earlier results, and stop"
+    )
     options = parser.parse_args(argv)
+    if options.table:
+        # The latest figure of each row, from reports read oldest first.
+        reports = sorted((json.loads(Path(name).read_text()) for name in options.table), key=lambda r: r["date"])
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        for report in reports:
+            when = f"{report['date']}: {report['cores']} cores, commit {report['commit']}"
+            print(f"{when}, {report['repeats']} runs per side")
+            latest.update({(row["benchmark"], row["case"]): row for row in report["rows"]})
+        print(table(sorted(latest.values(), key=lambda row: str(row["benchmark"])[:2])))
+        return 0
     wanted = set(options.only.split(","))
+    steps: list[tuple[str, Callable[[Path], list[dict[str, Any]]]]] = [
+        ("P1", lambda work: program_cost.run([int(n) for n in options.sizes.split(",")], options.repeats)),
+        ("P2", lambda work: engine_cost.time_to_first_poll(max(3, options.repeats // 2), work)),
+        ("P3", lambda work: engine_cost.no_change_docker(options.repeats, work)),
+        ("P3,P5", lambda work: engine_cost.kubernetes_costs(options.repeats, work)),
+        ("P4", lambda work: engine_cost.image_size()),
+        ("P5", lambda work: engine_cost.fleet_deploy(work)),
+    ]
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
-        if "P1" in wanted:
-            rows += program_cost.run([int(n) for n in options.sizes.split(",")], options.repeats)
-        if "P2" in wanted:
-            rows += engine_cost.time_to_first_poll(max(3, options.repeats // 2), work)
-        if "P3" in wanted:
-            rows += engine_cost.no_change_docker(options.repeats, work)
-        if "P3" in wanted or "P5" in wanted:
-            rows += engine_cost.kubernetes_costs(options.repeats, work)
-        if "P4" in wanted:
-            rows += engine_cost.image_size()
-        if "P5" in wanted:
-            rows += engine_cost.fleet_deploy(work)
+    for names, step in steps:
+        if not wanted & set(names.split(",")):
+            continue
+        # One benchmark that fails is reported as such; the others still run.
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                rows += step(Path(folder))
+            except Exception as error:  # reported in the table, not hidden
+                print(f"{names} failed: {error}"[-4000:], file=sys.stderr)
+                first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+                rows.append({"benchmark": names, "case": f"failed: {first[:200]}", "met": False})
     now = datetime.datetime.now(datetime.UTC)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     report = {

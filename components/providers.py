@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pulumi
-import pulumi_gitlab as gitlab
 import pulumi_kubernetes as kubernetes
 
 from components.gitlab_access import checked_token
 from components.settings import KubernetesTarget, Secrets, Settings
+
+if TYPE_CHECKING:
+    import pulumi_gitlab as gitlab
 
 
 def gitlab_provider(settings: Settings, secrets: Secrets) -> gitlab.Provider | None:
@@ -18,6 +22,10 @@ def gitlab_provider(settings: Settings, secrets: Secrets) -> gitlab.Provider | N
     """
     if not settings.runners_to_create:
         return None
+    # Imported here: pulumi_gitlab loads its whole SDK on import (about 0.13 s), which only stacks that
+    # create runners need.
+    import pulumi_gitlab as gitlab
+
     token = secrets.gitlab_token
     if token is not None and not pulumi.runtime.is_dry_run():
         token = pulumi.Output.secret(token.apply(lambda value: checked_token(settings.gitlab_url, value)))

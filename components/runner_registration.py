@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pulumi
-import pulumi_gitlab as gitlab
 
 from components.settings import Runner
 
@@ -56,6 +55,9 @@ class RunnerRegistration(pulumi.ComponentResource):
                 self.tokens[runner.name] = pulumi.Output.secret(existing)
                 self.runner_ids[runner.name] = pulumi.Output.from_input(None)
                 continue
+            # Imported only where a runner is created (see components/providers.py).
+            import pulumi_gitlab as gitlab
+
             created = gitlab.UserRunner(
                 f"{name}-{runner.name}",
                 runner_type=f"{runner.scope}_type",

@@ -83,20 +83,26 @@ def render(members: list[dict[str, Any]]) -> pulumi.Output[str]:
 
 targets: dict[str, dict[str, Any]] = {r["name"]: {} for r in runners}
 if target == "docker":
-    for host in json.loads(config.require("docker"))["hosts"]:
+    settings = json.loads(config.require("docker"))
+    wanted = settings.get("image", {})
+    flavor = wanted.get("flavor", "alpine")
+    prefix = settings.get("containerName", "gitlab-runner")
+    stop_timeout = settings.get("stopTimeout", 3600)
+    for host in settings["hosts"]:
         on_host = docker.Provider(f"docker-{host['name']}-provider", host=host["host"])
         options = pulumi.ResourceOptions(provider=on_host)
+        network = host.get("networkMode", "bridge")
         image = docker.Image(
             f"docker-{host['name']}-image-image",
-            image_name="gitlab-runners/bench-runner:alpine-v18.9.0",
+            image_name=f"{wanted.get('repository', 'gitlab-runners/runner')}:{flavor}-v18.9.0",
             build=docker.DockerBuildArgs(
                 context="images/runner",
                 dockerfile="images/runner/Dockerfile",
                 args={
-                    "BASE_IMAGE": "gitlab/gitlab-runner:alpine-v18.9.0",
+                    "BASE_IMAGE": wanted.get("baseImage", f"gitlab/gitlab-runner:{flavor}-v18.9.0"),
                     "RUNNER_VERSION": "18.9.0",
-                    "FLAVOR": "alpine",
-                    "EXTRA_PACKAGES": "",
+                    "FLAVOR": flavor,
+                    "EXTRA_PACKAGES": " ".join(wanted.get("extraPackages", [])),
                     "FLEETING_PLUGINS": "",
                     "SOURCE": "gitlab-runners:images/runner/Dockerfile",
                 },
@@ -109,7 +115,7 @@ if target == "docker":
             members = [r for r in here if r["executor"] == kind]
             if not members:
                 continue
-            name = f"gitlab-runner-bench-{kind}"
+            name = f"{prefix}-{kind}"
             labels = [docker.ContainerLabelArgs(label=k, value=v) for k, v in LABELS.items()]
             volume = docker.Volume(
                 f"docker-{host['name']}-{kind}-config",
@@ -124,14 +130,16 @@ if target == "docker":
                 image=image.repo_digest,
                 entrypoints=["/bin/sh", "/gitlab-runners/sync-config"],
                 command=["sync"],
-                network_mode="bridge",
+                network_mode=network,
                 volumes=[mount],
                 uploads=[
                     docker.ContainerUploadArgs(
                         file="/gitlab-runners/config.toml", content=render(members), permissions="0600"
                     ),
                     docker.ContainerUploadArgs(
-                        file="/gitlab-runners/sync-config", content="#!/bin/sh\n", permissions="0755"
+                        file="/gitlab-runners/sync-config",
+                        content="#!/bin/sh\ninstall -m 0600 /gitlab-runners/config.toml /etc/gitlab-runner/\n",
+                        permissions="0755",
                     ),
                 ],
                 attach=True,
@@ -156,9 +164,9 @@ if target == "docker":
                 restart="unless-stopped",
                 must_run=True,
                 stop_signal="SIGQUIT",
-                stop_timeout=3600,
-                destroy_grace_seconds=3600,
-                network_mode="bridge",
+                stop_timeout=stop_timeout,
+                destroy_grace_seconds=stop_timeout,
+                network_mode=network,
                 volumes=volumes,
                 healthcheck=docker.ContainerHealthcheckArgs(
                     tests=["CMD-SHELL", HEALTH], interval="5s", timeout="10s", retries=3, start_period="5s"
@@ -169,14 +177,20 @@ if target == "docker":
                 privileged=False,
                 labels=labels,
                 opts=pulumi.ResourceOptions(
-                    provider=on_host, depends_on=[sync], custom_timeouts=pulumi.CustomTimeouts(delete="3900s")
+                    provider=on_host,
+                    depends_on=[sync],
+                    custom_timeouts=pulumi.CustomTimeouts(delete=f"{stop_timeout + 300}s"),
                 ),
             )
             for member in members:
                 targets[member["name"]][host["name"]] = {"container": container.name, "containerId": container.id}
 else:
-    namespace = json.loads(config.require("kubernetes")).get("namespace", "gitlab")
-    cluster = kubernetes.Provider("kubernetes", namespace=namespace, enable_secret_mutable=True)
+    settings = json.loads(config.require("kubernetes"))
+    namespace = settings.get("namespace", "gitlab")
+    chart_path = settings.get("chart", {}).get("path")
+    cluster = kubernetes.Provider(
+        "kubernetes", namespace=namespace, enable_secret_mutable=True, kubeconfig=settings.get("kubeconfig")
+    )
     pod_labels = {"app.kubernetes.io/managed-by": "pulumi", "app.kubernetes.io/part-of": "gitlab-runners"}
     for runner in runners:
         name = runner["name"]
@@ -198,9 +212,11 @@ else:
         release = kubernetes.helm.v3.Release(
             f"kubernetes-runner-{name}",
             name=f"{name}-runner",
-            chart="gitlab-runner",
-            version="0.86.0",
-            repository_opts=kubernetes.helm.v3.RepositoryOptsArgs(repo="https://charts.gitlab.io"),
+            chart=chart_path or "gitlab-runner",
+            version=None if chart_path else "0.86.0",
+            repository_opts=None
+            if chart_path
+            else kubernetes.helm.v3.RepositoryOptsArgs(repo="https://charts.gitlab.io"),
             namespace=namespace,
             values={
                 "gitlabUrl": url,

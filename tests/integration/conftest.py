@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,12 +57,12 @@ def copy_project(source: Path, files: tuple[str, ...], dirs: tuple[str, ...], wo
         shutil.copytree(source / name, work / name)
 
 
-@pytest.fixture()
-def project(tmp_path: Path) -> Iterator[Project]:
-    work = tmp_path / "project"
-    copy_project(ROOT, PROJECT_FILES, PROJECT_DIRS, work)
-    (work / ".venv").symlink_to(ROOT / ".venv")
-    state = tmp_path / "state"
+def new_project(work: Path) -> Project:
+    """A copy of the project in work/project with its own `file://` backend in work/state."""
+    folder = work / "project"
+    copy_project(ROOT, PROJECT_FILES, PROJECT_DIRS, folder)
+    (folder / ".venv").symlink_to(ROOT / ".venv")
+    state = work / "state"
     state.mkdir()
     env = {
         "PULUMI_BACKEND_URL": f"file://{state}",
@@ -71,7 +70,12 @@ def project(tmp_path: Path) -> Iterator[Project]:
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
     }
-    yield Project(work, env)
+    return Project(folder, env)
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Project:
+    return new_project(tmp_path)
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ from pulumi import automation as auto
 
 from components.settings import RUNNER_VERSION
 from tests.gitlab_double.server import GitLabDouble
-from tests.integration.conftest import PROJECT_DIRS, PROJECT_FILES, ROOT, Project, copy_project
+from tests.integration.conftest import Project, new_project
 from tests.integration.docker_engine import Engine
 
 
@@ -69,24 +69,12 @@ def docker_stack(
     **config: Any,
 ) -> Iterator[DockerStack]:
     """A deployed-or-not stack; every engine is cleaned of the stack's containers and volumes after."""
-    project_dir = work / "project"
-    copy_project(ROOT, PROJECT_FILES, PROJECT_DIRS, project_dir)
-    (project_dir / ".venv").symlink_to(ROOT / ".venv")
-    (work / "state").mkdir()
-    project = Project(
-        project_dir,
-        {
-            "PULUMI_BACKEND_URL": f"file://{work / 'state'}",
-            "PULUMI_CONFIG_PASSPHRASE": secrets.token_hex(16),
-            "PULUMI_SKIP_UPDATE_CHECK": "true",
-            "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-        },
-    )
+    project = new_project(work)
     suffix = secrets.token_hex(3)
     prefix = f"gr-test-{suffix}"
     repository = f"gitlab-runners/test-{suffix}"
     stack = auto.create_or_select_stack(
-        stack_name="test", work_dir=str(project_dir), opts=auto.LocalWorkspaceOptions(env_vars=project.env)
+        stack_name="test", work_dir=str(project.dir), opts=auto.LocalWorkspaceOptions(env_vars=project.env)
     )
     deployed = DockerStack(project, stack, engines, gitlab, prefix, repository)
     deployed.set("target", "docker")

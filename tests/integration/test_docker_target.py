@@ -16,7 +16,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -24,55 +24,33 @@ from pulumi import automation as auto
 
 from components.settings import RUNNER_VERSION
 from tests.gitlab_double.server import GitLabDouble, Runner, serve
-from tests.integration.conftest import PROJECT_DIRS, PROJECT_FILES, ROOT, Project, copy_project
+from tests.integration.conftest import new_project
 from tests.integration.docker_engine import Engine, base_image, docker_provider_or_skip, start_engine, wait_for
+from tests.integration.docker_stack import DockerStack
 from tests.integration.local_cluster import free_port
 
 API_TOKEN = "glpat-" + secrets.token_hex(10)
 
 
-@dataclass
-class Deployment:
-    project: Project
-    stack: auto.Stack
-    engine: Engine
-    gitlab: GitLabDouble
-    prefix: str
+@dataclass(kw_only=True)
+class Deployment(DockerStack):
+    """The module's stack on one engine, with the runners the API double made for it."""
+
     tokens: dict[str, str]
     runners: dict[str, Runner]
-    repository: str
     metrics_port: int
-    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def engine(self) -> Engine:
+        return self.engines[0]
 
     @property
     def docker_container(self) -> str:
-        return f"{self.prefix}-docker"
+        return self.container("docker")
 
     @property
     def shell_container(self) -> str:
-        return f"{self.prefix}-shell"
-
-    def runners_config(self) -> list[dict[str, Any]]:
-        runners: list[dict[str, Any]] = json.loads(self.stack.get_config("gitlab-runners:runners").value)
-        return runners
-
-    def set_runners(self, runners: list[dict[str, Any]]) -> None:
-        self.stack.set_config("gitlab-runners:runners", auto.ConfigValue(json.dumps(runners)))
-
-    def docker_settings(self) -> dict[str, Any]:
-        docker: dict[str, Any] = json.loads(self.stack.get_config("gitlab-runners:docker").value)
-        return docker
-
-    def set_docker(self, docker: dict[str, Any]) -> None:
-        self.stack.set_config("gitlab-runners:docker", auto.ConfigValue(json.dumps(docker)))
-
-    def up(self, **kwargs: Any) -> auto.UpResult:
-        result = self.stack.up(color="never", **kwargs)
-        self.outputs.append(result.stdout + result.stderr)
-        return result
-
-    def config_toml(self, container: str) -> str:
-        return self.engine.run("exec", container, "cat", "/etc/gitlab-runner/config.toml").stdout
+        return self.container("shell")
 
 
 @pytest.fixture(scope="module")
@@ -85,19 +63,7 @@ def engine() -> Engine:
 def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     base = base_image(engine)
     work = tmp_path_factory.mktemp("docker-target")
-    project_dir = work / "project"
-    copy_project(ROOT, PROJECT_FILES, PROJECT_DIRS, project_dir)
-    (project_dir / ".venv").symlink_to(ROOT / ".venv")
-    (work / "state").mkdir()
-    project = Project(
-        project_dir,
-        {
-            "PULUMI_BACKEND_URL": f"file://{work / 'state'}",
-            "PULUMI_CONFIG_PASSPHRASE": secrets.token_hex(16),
-            "PULUMI_SKIP_UPDATE_CHECK": "true",
-            "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-        },
-    )
+    project = new_project(work)
     suffix = secrets.token_hex(3)
     prefix = f"gr-e2e-{suffix}"
     # Something on the host that is not the stack's, which destroy must leave alone.
@@ -108,7 +74,7 @@ def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iter
         created = {name: gitlab.create_runner(description=name) for name in ("e2e-docker", "e2e-shell")}
         tokens = {name: runner.token for name, runner in created.items()}
         stack = auto.create_or_select_stack(
-            stack_name="e2e", work_dir=str(project_dir), opts=auto.LocalWorkspaceOptions(env_vars=project.env)
+            stack_name="e2e", work_dir=str(project.dir), opts=auto.LocalWorkspaceOptions(env_vars=project.env)
         )
         metrics_port = free_port()
         stack.set_all_config(
@@ -121,18 +87,30 @@ def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iter
             }
         )
         repository = f"gitlab-runners/e2e-{suffix}"
-        deployed = Deployment(project, stack, engine, gitlab, prefix, tokens, created, repository, metrics_port)
-        deployed.set_docker(
+        deployed = Deployment(
+            project=project,
+            stack=stack,
+            engines=[engine],
+            gitlab=gitlab,
+            prefix=prefix,
+            repository=repository,
+            tokens=tokens,
+            runners=created,
+            metrics_port=metrics_port,
+        )
+        deployed.set(
+            "docker",
             {
                 # host networking: the runners reach the API double on this machine's 127.0.0.1.
                 "hosts": [{"name": "local", "host": engine.host, "networkMode": "host"}],
                 "containerName": prefix,
                 "image": {"flavor": "ubuntu", "baseImage": base, "extraPackages": ["jq"], "repository": repository},
                 "stopTimeout": 120,
-            }
+            },
         )
-        deployed.set_runners(
-            [{"name": "e2e-docker", "executor": "docker", "limit": 2}, {"name": "e2e-shell", "executor": "shell"}]
+        deployed.set(
+            "runners",
+            [{"name": "e2e-docker", "executor": "docker", "limit": 2}, {"name": "e2e-shell", "executor": "shell"}],
         )
         try:
             yield deployed
@@ -231,10 +209,10 @@ def test_a_settings_change_reaches_the_running_runner_without_replacing_it(deplo
     # A job in flight on the shell runner must not be interrupted.
     job = d.gitlab.enqueue_job(d.tokens["e2e-shell"], ["sleep 8", "echo still-here"])
     wait_for("the long job to start", lambda: job.state == "running", seconds=30)
-    runners = d.runners_config()
+    runners = d.config("runners")
     runners[0]["limit"] = 3
     runners[1]["limit"] = 1
-    d.set_runners(runners)
+    d.set("runners", runners)
     d.stack.set_config("gitlab-runners:checkInterval", auto.ConfigValue("2"))
     up = d.up()
     assert up.summary.result == "succeeded"
@@ -242,8 +220,8 @@ def test_a_settings_change_reaches_the_running_runner_without_replacing_it(deplo
     assert "delete" not in changes and changes.get("replace", 0) == 2, changes  # the two sync containers
     for container, container_id in ids.items():
         assert d.engine.inspect("container", container)["Id"] == container_id  # type: ignore[index]
-    assert "limit = 3" in d.config_toml(d.docker_container)
-    assert "check_interval = 2" in d.config_toml(d.shell_container)
+    assert "limit = 3" in d.config_toml("docker")
+    assert "check_interval = 2" in d.config_toml("shell")
     wait_for("the long job to finish", lambda: job.state in ("success", "failed"), seconds=60)
     assert job.state == "success" and "still-here" in bytes(job.trace).decode()
     # The runner reloaded: still polling with the same token after the change.
@@ -253,7 +231,7 @@ def test_a_settings_change_reaches_the_running_runner_without_replacing_it(deplo
 
 def test_a_token_gitlab_refuses_fails_up_and_changes_nothing(deployment: Deployment) -> None:
     d = deployment
-    before = d.config_toml(d.shell_container)
+    before = d.config_toml("shell")
     tokens = {**d.tokens, "e2e-shell": "glrt-not-known-to-gitlab-12345"}
     d.stack.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps(tokens), secret=True))
     with pytest.raises(auto.CommandError) as caught:
@@ -261,7 +239,7 @@ def test_a_token_gitlab_refuses_fails_up_and_changes_nothing(deployment: Deploym
     output = str(caught.value)
     assert f"the config sync of {d.shell_container} exited 1" in output
     assert "glrt-not-known-to-gitlab-12345" not in output
-    assert d.config_toml(d.shell_container) == before  # the runner keeps its working config
+    assert d.config_toml("shell") == before  # the runner keeps its working config
     since = time.time()
     wait_for("the runner to go on polling", lambda: polled_since(d.gitlab, d.tokens["e2e-shell"], since), seconds=30)
     # Put right, the next up installs it.
@@ -289,9 +267,9 @@ def test_a_new_image_waits_for_the_running_job_then_takes_over(deployment: Deplo
     old_id = d.engine.inspect("container", d.shell_container)["Id"]  # type: ignore[index]
     job = d.gitlab.enqueue_job(d.tokens["e2e-shell"], ["sleep 10", "echo finished-before-replacement"])
     wait_for("the job to start", lambda: job.state == "running", seconds=30)
-    docker = d.docker_settings()
+    docker = d.config("docker")
     docker["image"]["extraPackages"] = []  # a different image: the runner containers are replaced
-    d.set_docker(docker)
+    d.set("docker", docker)
     up = d.up()
     assert up.summary.result == "succeeded"
     assert job.state == "success", bytes(job.trace).decode()
