@@ -26,7 +26,7 @@ from components.runner_image import build_args
 from components.settings import RUNNER_VERSION, parse_settings
 from tests.gitlab_double.server import GitLabDouble, serve
 from tests.integration.conftest import ROOT, new_project
-from tests.integration.docker_engine import Engine, base_image, start_engine, wait_for
+from tests.integration.docker_engine import Engine, ExtraEngine, base_image, wait_for
 from tests.integration.local_cluster import free_port, local_cluster
 
 API_TOKEN = "glpat-benchmark-api-token"  # noqa: S105 - for the API double only
@@ -77,8 +77,20 @@ def docker_stack_config(
     }
 
 
+@contextmanager
+def bench_engine(work: Path) -> Iterator[Engine]:
+    """A Docker engine of the benchmarks' own (its own data root and bridge, as the fleet tests'), so
+    that emptying its build cache between runs costs no one else theirs."""
+    extra = ExtraEngine(work / "engine")
+    try:
+        yield extra.start()
+    finally:
+        extra.close()
+
+
 def clean_images(engine: Engine, prefix: str) -> None:
-    """The same image cache state for both sides: no built runner image, no build cache."""
+    """The same image cache state for both sides: no built runner image, no build cache (the engine
+    is the benchmarks' own: see bench_engine)."""
     names = engine.run("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
     ours = [n for n in names if n.startswith(f"gitlab-runners/{prefix}") or n.startswith(f"{prefix}/")]
     if ours:
@@ -148,8 +160,7 @@ def with_pulumi(
     return float(first) - started
 
 
-def time_to_first_poll(repeats: int, work: Path) -> list[dict[str, object]]:
-    engine = start_engine()
+def time_to_first_poll(engine: Engine, repeats: int, work: Path) -> list[dict[str, object]]:
     base = base_image(engine)
     extra = ["jq"]
     hand: list[float] = []
@@ -183,8 +194,7 @@ def timed(action: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def no_change_docker(repeats: int, work: Path) -> list[dict[str, object]]:
-    engine = start_engine()
+def no_change_docker(engine: Engine, repeats: int, work: Path) -> list[dict[str, object]]:
     base = base_image(engine)
     rows = []
     with serve(API_TOKEN) as gitlab:
@@ -211,6 +221,7 @@ def no_change_docker(repeats: int, work: Path) -> list[dict[str, object]]:
             finally:
                 stack.destroy(color="never")
                 baseline.destroy(color="never")
+                clean_images(engine, prefix)
         rows += no_change_rows("docker", up, preview, base_up)
     return rows
 
@@ -295,9 +306,8 @@ def kubernetes_costs(repeats: int, work: Path) -> list[dict[str, object]]:
     return rows + no_change_rows("kubernetes", up, preview, base_up)
 
 
-def fleet_deploy(work: Path) -> list[dict[str, object]]:
+def fleet_deploy(engine: Engine, work: Path) -> list[dict[str, object]]:
     """P5: `pulumi up` of 10 runners on the Docker target (one host, both executor kinds)."""
-    engine = start_engine()
     base = base_image(engine)
     with serve(API_TOKEN) as gitlab:
         prefix = f"gr-bench-{secrets.token_hex(3)}"
@@ -317,6 +327,7 @@ def fleet_deploy(work: Path) -> list[dict[str, object]]:
                 )
             finally:
                 stack.destroy(color="never")
+                clean_images(engine, prefix)
     return [
         {
             "benchmark": "P5 deploy time",
@@ -328,9 +339,8 @@ def fleet_deploy(work: Path) -> list[dict[str, object]]:
     ]
 
 
-def image_size() -> list[dict[str, object]]:
+def image_size(engine: Engine) -> list[dict[str, object]]:
     """P4: what the runner image adds over its base, against the bytes of the files its packages installed."""
-    engine = start_engine()
     base = base_image(engine)
     settings = parse_settings(
         {"target": "docker", "docker": {"image": {"flavor": "ubuntu", "baseImage": base, "extraPackages": ["jq"]}}},

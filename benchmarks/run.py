@@ -7,6 +7,7 @@ python -m benchmarks.run --only P1 --repeats 3
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import engine_cost, program_cost
+from tests.integration.docker_engine import Engine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -71,26 +73,38 @@ def main(argv: list[str]) -> int:
         print(table(sorted(latest.values(), key=lambda row: str(row["benchmark"])[:2])))
         return 0
     wanted = set(options.only.split(","))
+    engines: list[Engine] = []
+
+    def engine() -> Engine:
+        """The benchmarks' own Docker engine, started on first use and stopped at the end."""
+        if not engines:
+            engines.append(cleanup.enter_context(engine_cost.bench_engine(Path(cleanup_dir))))
+        return engines[0]
+
     steps: list[tuple[str, Callable[[Path], list[dict[str, Any]]]]] = [
         ("P1", lambda work: program_cost.run([int(n) for n in options.sizes.split(",")], options.repeats)),
-        ("P2", lambda work: engine_cost.time_to_first_poll(max(3, options.repeats // 2), work)),
-        ("P3", lambda work: engine_cost.no_change_docker(options.repeats, work)),
+        ("P2", lambda work: engine_cost.time_to_first_poll(engine(), max(3, options.repeats // 2), work)),
+        ("P3", lambda work: engine_cost.no_change_docker(engine(), options.repeats, work)),
         ("P3,P5", lambda work: engine_cost.kubernetes_costs(options.repeats, work)),
-        ("P4", lambda work: engine_cost.image_size()),
-        ("P5", lambda work: engine_cost.fleet_deploy(work)),
+        ("P4", lambda work: engine_cost.image_size(engine())),
+        ("P5", lambda work: engine_cost.fleet_deploy(engine(), work)),
     ]
     rows: list[dict[str, Any]] = []
-    for names, step in steps:
-        if not wanted & set(names.split(",")):
-            continue
-        # One benchmark that fails is reported as such; the others still run.
-        with tempfile.TemporaryDirectory() as folder:
-            try:
-                rows += step(Path(folder))
-            except Exception as error:  # reported in the table, not hidden
-                print(f"{names} failed: {error}"[-4000:], file=sys.stderr)
-                first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-                rows.append({"benchmark": names, "case": f"failed: {first[:200]}", "met": False})
+    # The engine stops (ExitStack) before its folder goes.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as cleanup_dir, contextlib.ExitStack() as cleanup:
+        for names, step in steps:
+            if not wanted & set(names.split(",")):
+                continue
+            # One benchmark that fails is reported as such; the others still run.
+            with tempfile.TemporaryDirectory() as folder:
+                try:
+                    rows += step(Path(folder))
+                except Exception as error:  # reported in the table, not hidden
+                    print(f"{names} failed: {error}"[-4000:], file=sys.stderr)
+                    first = next(
+                        (line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__
+                    )
+                    rows.append({"benchmark": names, "case": f"failed: {first[:200]}", "met": False})
     now = datetime.datetime.now(datetime.UTC)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     report = {

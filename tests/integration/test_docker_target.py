@@ -16,7 +16,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -39,6 +39,7 @@ class Deployment(DockerStack):
     tokens: dict[str, str]
     runners: dict[str, Runner]
     metrics_port: int
+    replaced_images: list[str] = field(default_factory=list)
 
     @property
     def engine(self) -> Engine:
@@ -124,6 +125,8 @@ def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 "volume", "rm", "-f", bystander, f"{prefix}-docker-config", f"{prefix}-shell-config", check=False
             )
             engine.run("image", "rm", "-f", f"{repository}:ubuntu-v{RUNNER_VERSION}", check=False)
+            for image in deployed.replaced_images:
+                engine.run("image", "rm", image, check=False)
 
 
 def health(engine: Engine, container: str) -> str | None:
@@ -267,6 +270,8 @@ def test_a_new_image_waits_for_the_running_job_then_takes_over(deployment: Deplo
     old_id = d.engine.inspect("container", d.shell_container)["Id"]  # type: ignore[index]
     job = d.gitlab.enqueue_job(d.tokens["e2e-shell"], ["sleep 10", "echo finished-before-replacement"])
     wait_for("the job to start", lambda: job.state == "running", seconds=30)
+    # The image it replaces loses its tag and stays, as with `docker build` by hand: the fixture removes it.
+    d.replaced_images.append(d.engine.inspect("image", f"{d.repository}:ubuntu-v{RUNNER_VERSION}")["Id"])  # type: ignore[index]
     docker = d.config("docker")
     docker["image"]["extraPackages"] = []  # a different image: the runner containers are replaced
     d.set("docker", docker)
