@@ -213,17 +213,25 @@ def no_change_docker(engine: Engine, repeats: int, work: Path) -> list[dict[str,
             try:
                 stack.up(color="never")
                 baseline.up(color="never")
-                up, preview, base_up = [], [], []
-                for _ in range(repeats):
-                    up.append(timed(lambda: stack.up(color="never", expect_no_changes=True)))
-                    preview.append(timed(lambda: stack.preview(color="never", expect_no_changes=True)))
-                    base_up.append(timed(lambda: baseline.up(color="never", expect_no_changes=True)))
+                up, preview, base_up = no_change_runs(stack, baseline, repeats)
             finally:
                 stack.destroy(color="never")
                 baseline.destroy(color="never")
                 clean_images(engine, prefix)
         rows += no_change_rows("docker", up, preview, base_up)
     return rows
+
+
+def no_change_runs(
+    stack: auto.Stack, baseline: auto.Stack, repeats: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Seconds of a no-change up and preview of the stack and of a no-change up of the baseline, alternated."""
+    up, preview, base_up = [], [], []
+    for _ in range(repeats):
+        up.append(timed(lambda: stack.up(color="never", expect_no_changes=True)))
+        preview.append(timed(lambda: stack.preview(color="never", expect_no_changes=True)))
+        base_up.append(timed(lambda: baseline.up(color="never", expect_no_changes=True)))
+    return up, preview, base_up
 
 
 def no_change_rows(target: str, up: list[float], preview: list[float], base_up: list[float]) -> list[dict[str, object]]:
@@ -283,11 +291,7 @@ def kubernetes_costs(repeats: int, work: Path) -> list[dict[str, object]]:
             try:
                 deploy = timed(lambda: stack.up(color="never"))
                 base_deploy = timed(lambda: baseline.up(color="never"))
-                up, preview, base_up = [], [], []
-                for _ in range(repeats):
-                    up.append(timed(lambda: stack.up(color="never", expect_no_changes=True)))
-                    preview.append(timed(lambda: stack.preview(color="never", expect_no_changes=True)))
-                    base_up.append(timed(lambda: baseline.up(color="never", expect_no_changes=True)))
+                up, preview, base_up = no_change_runs(stack, baseline, repeats)
             finally:
                 stack.destroy(color="never")
                 baseline.destroy(color="never")

@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 class Sample:
     seconds: float
     peak_mib: float
+    types: dict[str, int]
+    """How many resources of each type the program registered."""
 
 
 def evaluate(program: str, target: str, runners: int, hosts: int = 1) -> Sample:
@@ -31,7 +33,7 @@ def evaluate(program: str, target: str, runners: int, hosts: int = 1) -> Sample:
     if done.returncode != 0:
         raise RuntimeError(f"{program} {target} {runners}: {done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return Sample(result["seconds"], result["peak_mib"])
+    return Sample(result["seconds"], result["peak_mib"], result["types"])
 
 
 def median_pair(target: str, runners: int, hosts: int, repeats: int) -> tuple[Sample, Sample]:
@@ -43,7 +45,11 @@ def median_pair(target: str, runners: int, hosts: int, repeats: int) -> tuple[Sa
         baseline.append(evaluate("baseline", target, runners, hosts))
 
     def median(samples: list[Sample]) -> Sample:
-        return Sample(statistics.median(s.seconds for s in samples), statistics.median(s.peak_mib for s in samples))
+        return Sample(
+            statistics.median(s.seconds for s in samples),
+            statistics.median(s.peak_mib for s in samples),
+            samples[0].types,
+        )
 
     return median(program), median(baseline)
 

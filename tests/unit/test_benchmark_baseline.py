@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchmarks.program_cost import evaluate
 
 
 def registered(program: str, target: str, runners: int, hosts: int) -> dict[str, int]:
-    request = json.dumps({"program": program, "target": target, "runners": runners, "hosts": hosts})
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.mocked_program", request],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    types: dict[str, int] = json.loads(done.stdout)["types"]
+    types = evaluate(program, target, runners, hosts).types
     # The project's own components are its structure, which the baseline leaves out on purpose.
     return {typ: count for typ, count in types.items() if not typ.startswith("gitlab-runners:index:")}
 
