@@ -77,14 +77,7 @@ pulumi.export("target", settings.target)
 pulumi.export(
     "runners",
     {
-        r.name: {
-            "gitlabId": registration.runner_ids[r.name],
-            # Created in GitLab by this stack, or a runner that brought its own token (its tags are GitLab's).
-            "registration": "existing token" if r.name in settings.existing_token_names else "created",
-            "executor": r.executor,
-            "tags": None if r.name in settings.existing_token_names else list(r.tags),
-            **targets[r.name],
-        }
+        r.name: {"gitlabId": registration.runner_ids[r.name], **registration.descriptions[r.name], **targets[r.name]}
         for r in settings.runners
     },
 )

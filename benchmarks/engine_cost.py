@@ -24,22 +24,13 @@ from pulumi import automation as auto
 from components.runner_config import render_config_toml
 from components.runner_image import build_args
 from components.settings import RUNNER_VERSION, parse_settings
+from tests.charts import chart_under_test
 from tests.gitlab_double.server import GitLabDouble, serve
 from tests.integration.conftest import ROOT, new_project
 from tests.integration.docker_engine import Engine, ExtraEngine, base_image, wait_for
 from tests.integration.local_cluster import free_port, local_cluster
 
 API_TOKEN = "glpat-benchmark-api-token"  # noqa: S105 - for the API double only
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def polled_after(gitlab: GitLabDouble, token: str, since: float) -> float | None:
-    with gitlab.lock:
-        moments = [p.at.timestamp() for p in gitlab.polls if p.token == token and p.at.timestamp() >= since]
-    return min(moments) if moments else None
 
 
 @contextmanager
@@ -135,11 +126,13 @@ def by_hand(engine: Engine, gitlab: GitLabDouble, base: str, token: str, prefix:
             f"{prefix}-by-hand:/etc/gitlab-runner",
             image,
         )
-        engine.run("cp", str(Path(folder) / "config.toml"), f"{prefix}-by-hand:/etc/gitlab-runner/config.toml")
-        engine.run("start", f"{prefix}-by-hand")
-        first = wait_for("the hand-made runner's first poll", lambda: polled_after(gitlab, token, started), seconds=120)
-    engine.run("rm", "-f", f"{prefix}-by-hand", check=False)
-    engine.run("volume", "rm", "-f", f"{prefix}-by-hand", check=False)
+        try:
+            engine.run("cp", str(Path(folder) / "config.toml"), f"{prefix}-by-hand:/etc/gitlab-runner/config.toml")
+            engine.run("start", f"{prefix}-by-hand")
+            first = wait_for("the hand-made runner's first poll", lambda: gitlab.polled_since(token, started), 120)
+        finally:
+            engine.run("rm", "-f", f"{prefix}-by-hand", check=False)
+            engine.run("volume", "rm", "-f", f"{prefix}-by-hand", check=False)
     return float(first) - started
 
 
@@ -153,10 +146,12 @@ def with_pulumi(
         )
         stack.set_all_config(docker_stack_config(engine, gitlab, base, {"bench": token}, prefix, extra))
         started = time.time()
-        stack.up(color="never")
-        first = wait_for("the deployed runner's first poll", lambda: polled_after(gitlab, token, started), seconds=120)
-        stack.destroy(color="never")
-        stack.workspace.remove_stack("bench", force=True)
+        try:
+            stack.up(color="never")
+            first = wait_for("the deployed runner's first poll", lambda: gitlab.polled_since(token, started), 120)
+        finally:
+            stack.destroy(color="never")
+            stack.workspace.remove_stack("bench", force=True)
     return float(first) - started
 
 
@@ -165,21 +160,22 @@ def time_to_first_poll(engine: Engine, repeats: int, work: Path) -> list[dict[st
     extra = ["jq"]
     hand: list[float] = []
     program: list[float] = []
+    clean_images(engine, "gr-bench-")
     with serve(API_TOKEN) as gitlab:
         for _ in range(repeats):
+            # Each side starts from the same state: no runner image, an empty build cache.
             prefix = f"gr-bench-{secrets.token_hex(3)}"
-            clean_images(engine, prefix)
             hand.append(by_hand(engine, gitlab, base, gitlab.create_runner().token, prefix, extra))
             clean_images(engine, prefix)
             program.append(with_pulumi(engine, gitlab, base, gitlab.create_runner().token, prefix, extra, work))
             clean_images(engine, prefix)
-    ratio = median(program) / median(hand)
+    ratio = statistics.median(program) / statistics.median(hand)
     return [
         {
             "benchmark": "P2 pulumi up to first poll (Docker)",
             "case": "1 shell runner, cold image build",
-            "program_s": median(program),
-            "baseline_s": median(hand),
+            "program_s": statistics.median(program),
+            "baseline_s": statistics.median(hand),
             "baseline": "docker build + docker run by hand",
             "ratio": ratio,
             "goal": "<= 1.5x",
@@ -239,18 +235,18 @@ def no_change_rows(target: str, up: list[float], preview: list[float], base_up: 
         {
             "benchmark": "P3 no-change pulumi up",
             "case": f"{target}: against pulumi preview of the same stack",
-            "program_s": median(up),
-            "baseline_s": median(preview),
-            "ratio": median(up) / median(preview),
+            "program_s": statistics.median(up),
+            "baseline_s": statistics.median(preview),
+            "ratio": statistics.median(up) / statistics.median(preview),
             "goal": "(reported)",
             "met": None,
         },
         {
             "benchmark": "P3 no-change pulumi up",
             "case": f"{target}: against the baseline program's no-change up",
-            "program_s": median(up),
-            "baseline_s": median(base_up),
-            "ratio": median(up) / median(base_up),
+            "program_s": statistics.median(up),
+            "baseline_s": statistics.median(base_up),
+            "ratio": statistics.median(up) / statistics.median(base_up),
             "goal": "(reported)",
             "met": None,
         },
@@ -262,15 +258,13 @@ def kubernetes_costs(repeats: int, work: Path) -> list[dict[str, object]]:
     bin_dir = os.environ.get("GITLAB_RUNNERS_CLUSTER_BIN")
     if not bin_dir:
         return [{"benchmark": "P3/P5 Kubernetes", "case": "skipped: no local control plane", "met": None}]
-    cache = Path(os.environ.get("GITLAB_RUNNERS_CACHE") or Path.home() / ".cache" / "gitlab-runners")
-    archive = cache / "charts" / "gitlab-runner-0.86.0.tgz"
-    chart = str(archive) if archive.is_file() else str(ROOT / "tests" / "fixtures" / "chart")
+    chart, official = chart_under_test()
     with local_cluster(Path(bin_dir), work / "cluster") as cluster:
         cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": "gitlab"}})
 
         def config(name: str) -> dict[str, auto.ConfigValue]:
             runners = [{"name": name, "executor": "kubernetes", "limit": 4}]
-            kubernetes = {"namespace": "gitlab", "chart": {"path": chart}, "kubeconfig": str(cluster.kubeconfig)}
+            kubernetes = {"namespace": "gitlab", "chart": {"path": str(chart)}, "kubeconfig": str(cluster.kubeconfig)}
             return {
                 "gitlab-runners:target": auto.ConfigValue("kubernetes"),
                 "gitlab-runners:gitlabUrl": auto.ConfigValue("https://gitlab.example.com"),
@@ -295,7 +289,7 @@ def kubernetes_costs(repeats: int, work: Path) -> list[dict[str, object]]:
             finally:
                 stack.destroy(color="never")
                 baseline.destroy(color="never")
-    kind = "official" if archive.is_file() else "stand-in"
+    kind = "official" if official else "stand-in"
     rows: list[dict[str, object]] = [
         {
             "benchmark": "P5 deploy time",

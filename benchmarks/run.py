@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from benchmarks import engine_cost, program_cost
 from tests.integration.docker_engine import Engine
 
@@ -99,7 +101,8 @@ def main(argv: list[str]) -> int:
             with tempfile.TemporaryDirectory() as folder:
                 try:
                     rows += step(Path(folder))
-                except Exception as error:  # reported in the table, not hidden
+                # pytest's skip and fail (the engine helpers come from the tests) are BaseExceptions.
+                except (Exception, pytest.skip.Exception, pytest.fail.Exception) as error:  # in the table
                     print(f"{names} failed: {error}"[-4000:], file=sys.stderr)
                     first = next(
                         (line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__

@@ -4,7 +4,8 @@ The docker provider can wait for a healthy container, but only when it creates o
 says nothing but "container failed to be in healthy state". This gate asks the Docker Engine API
 itself (the container's health and the last health-check output, which never holds a secret) on every
 `pulumi up`, and a failure names the container, its runners and what the health check saw. It reaches
-unix:// and tcp:// (TLS) hosts; for ssh:// hosts the provider's own wait is used instead.
+unix:// hosts and tcp:// hosts with a certPath; for the others (ssh://, TLS material given as secrets)
+the provider's own wait is used instead.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import http.client
 import json
 import socket
 import ssl
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +26,11 @@ API = "/v1.41"  # Docker 20.10, the oldest engine the project supports
 
 @dataclass(frozen=True)
 class Engine:
-    """How to reach one Docker host's API."""
+    """How to reach one Docker host's API: a unix socket, or tcp:// with the client certificates in
+    `cert_path` (ca.pem, cert.pem, key.pem, as the docker CLI reads them)."""
 
     host: str
     cert_path: str | None = None
-    ca_cert: str | None = None
-    cert: str | None = None
-    key: str | None = None
-
-    @property
-    def reachable_here(self) -> bool:
-        return self.host.startswith(("unix://", "tcp://"))
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -50,42 +44,35 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
-def _tls_context(engine: Engine, folder: Path) -> ssl.SSLContext:
-    if engine.cert_path is not None:
-        base = Path(engine.cert_path).expanduser()
-        ca, cert, key = base / "ca.pem", base / "cert.pem", base / "key.pem"
-    else:
-        ca, cert, key = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
-        for path, text in ((ca, engine.ca_cert), (cert, engine.cert), (key, engine.key)):
-            path.write_text(text or "")
-            path.chmod(0o600)
-    context = ssl.create_default_context(cafile=str(ca))
-    context.load_cert_chain(str(cert), str(key))
+def _tls_context(cert_path: str) -> ssl.SSLContext:
+    base = Path(cert_path).expanduser()
+    context = ssl.create_default_context(cafile=str(base / "ca.pem"))
+    context.load_cert_chain(str(base / "cert.pem"), str(base / "key.pem"))
     return context
 
 
 def inspect(engine: Engine, container: str, timeout: float = 10) -> dict[str, Any]:
     """`docker inspect` of one container, through the Engine API."""
-    with tempfile.TemporaryDirectory() as folder:
-        connection: http.client.HTTPConnection
-        if engine.host.startswith("unix://"):
-            connection = _UnixConnection(engine.host[len("unix://") :], timeout)
-        else:
-            address = engine.host[len("tcp://") :].split("/", 1)[0]
-            host, _, port = address.rpartition(":")
-            connection = http.client.HTTPSConnection(
-                host, int(port or 2376), timeout=timeout, context=_tls_context(engine, Path(folder))
-            )
-        try:
-            connection.request("GET", f"{API}/containers/{container}/json")
-            response = connection.getresponse()
-            body = response.read()
-            if response.status != 200:
-                raise OSError(f"the Docker API answered {response.status}")
-            found: dict[str, Any] = json.loads(body)
-            return found
-        finally:
-            connection.close()
+    connection: http.client.HTTPConnection
+    if engine.host.startswith("unix://"):
+        connection = _UnixConnection(engine.host[len("unix://") :], timeout)
+    else:
+        address = engine.host[len("tcp://") :].split("/", 1)[0]
+        host, _, port = address.rpartition(":")
+        if engine.cert_path is None:
+            raise OSError(f"{engine.host} has no certPath to reach its API with")
+        context = _tls_context(engine.cert_path)
+        connection = http.client.HTTPSConnection(host, int(port or 2376), timeout=timeout, context=context)
+    try:
+        connection.request("GET", f"{API}/containers/{container}/json")
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise OSError(f"the Docker API answered {response.status}")
+        found: dict[str, Any] = json.loads(body)
+        return found
+    finally:
+        connection.close()
 
 
 def seen(state: dict[str, Any]) -> str:

@@ -97,7 +97,6 @@ class ChartExtras:
     cache: Cache | None = None
     cache_secret: str | None = None
     certs_secret: str | None = None
-    readiness: Readiness = field(default_factory=Readiness)
     service_monitor: ServiceMonitor = field(default_factory=ServiceMonitor)
 
 
@@ -235,7 +234,6 @@ class KubernetesRunner(pulumi.ComponentResource):
             cache=args.cache,
             cache_secret=cache_secret,
             certs_secret=certs_secret,
-            readiness=args.readiness,
             service_monitor=args.service_monitor,
         )
         self.release_names = {}

@@ -30,22 +30,27 @@ class RunnerRegistration(pulumi.ComponentResource):
     tokens: dict[str, pulumi.Output[str]]
     """Runner name -> authentication token, always a secret Output."""
 
+    descriptions: dict[str, dict[str, object]]
+    """Runner name -> how it is registered, its executor and (for runners created here) its tags."""
+
     def __init__(
         self,
         name: str,
         args: RunnerRegistrationArgs,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        # What the plan shows of the runners (scripts/plan_table.py reads it from `pulumi preview --json`).
-        described = [
-            {
-                "name": r.name,
+        # How each runner is registered: shown in the plan (scripts/plan_table.py reads the component's
+        # inputs from `pulumi preview --json`) and in the stack's outputs. A runner that brought its
+        # own token has its tags in GitLab, not here.
+        self.descriptions = {
+            r.name: {
                 "registration": "existing token" if r.name in args.existing_tokens else "created",
                 "executor": r.executor,
                 "tags": None if r.name in args.existing_tokens else list(r.tags),
             }
             for r in args.runners
-        ]
+        }
+        described = [{"name": n, **d} for n, d in self.descriptions.items()]
         super().__init__(COMPONENT_TYPE, name, {"runners": described}, opts)
         self.runner_ids = {}
         self.tokens = {}

@@ -5,10 +5,10 @@ config.toml is uploaded by its config sync container, not by the runner containe
 """
 
 from pulumi_policy import EnforcementLevel, PolicyPack
-from runner_policies import RESOURCE_POLICIES, STACK_POLICIES
+from runner_policies import POLICIES
 
 PolicyPack(
     name="gitlab-runners-security",
     enforcement_level=EnforcementLevel.MANDATORY,
-    policies=[*STACK_POLICIES, *RESOURCE_POLICIES],
+    policies=POLICIES,
 )

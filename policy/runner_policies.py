@@ -404,12 +404,12 @@ def chart_rbac_rules(values: Mapping[str, Any]) -> list[tuple[str, dict[str, lis
         return []
     rules = list(rbac.get("rules") or [])
     if not rules:
-        return [
-            ("rbac.rules is empty: the chart's default rule", {"apiGroups": [""], "resources": ["*"], "verbs": ["*"]})
-        ]
-    defaults = {"apiGroups": [""], "resources": ["*"], "verbs": ["*"]}
+        return [("rbac.rules is empty: the chart's default rule", dict(CHART_RULE_DEFAULTS))]
     return [
-        (f"rbac.rules[{index}]", {field: [str(x) for x in rule.get(field) or defaults[field]] for field in RBAC_FIELDS})
+        (
+            f"rbac.rules[{index}]",
+            {field: [str(x) for x in rule.get(field) or CHART_RULE_DEFAULTS[field]] for field in RBAC_FIELDS},
+        )
         for index, rule in enumerate(rules)
     ]
 

@@ -18,12 +18,17 @@ pins() {
   for name in "$@"; do printf '%s=%s\n' "$name" "${!name}"; done
 }
 
+# A short hash of the files given: the key of what is built from them.
+cache_key() {
+  cat "$@" | sha256sum | cut -c1-16
+}
+
 # A build cached under $CACHE/<kind>/<key>, the key a hash of the files given. Sets `dest` (the
 # finished folder) and `work` (where to build it); succeeds when `dest` is already complete.
 cache_slot() {
   local kind="$1"
   shift
-  dest="$CACHE/$kind/$(cat "$@" | sha256sum | cut -c1-16)"
+  dest="$CACHE/$kind/$(cache_key "$@")"
   work="$dest.partial"
   [ -f "$dest/.complete" ]
 }
@@ -31,6 +36,14 @@ cache_slot() {
 # Publish `work` as `dest` in one step: an interrupted build is never taken for a finished one.
 cache_commit() {
   rm -rf "$dest" && mv "$work" "$dest" && touch "$dest/.complete"
+}
+
+# Install Debian packages given as name=version (as root, with apt-get): the package lists are
+# refreshed once per machine, and a pinned version missing from them is an error.
+apt_install() {
+  [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 \
+    || die "could not install $* (pinned in scripts/versions.env)"
 }
 
 # Go, at the version the pinned modules need.

@@ -78,16 +78,24 @@ def stack_values() -> dict[str, Any]:
     return {k[len(prefix) :]: decode(k[len(prefix) :], v) for k, v in raw.items() if k.startswith(prefix)}
 
 
+def _pop_secret(
+    values: dict[str, Any], name: str, is_secret: bool, holds: str, example: str
+) -> tuple[Any, list[Problem]]:
+    """The raw value of a secret key, popped from `values`: None when unset, or when stored in plain
+    text (then a problem, which never echoes the value)."""
+    raw = values.pop(name, None)
+    if raw is None or is_secret:
+        return raw, []
+    return None, [Problem(f"{PROJECT}:{name}", f"must be stored as a secret (it holds {holds})", example)]
+
+
 def runner_tokens(values: dict[str, Any], is_secret: bool) -> tuple[dict[str, str], list[Problem]]:
     """The existing runner tokens (popped from `values`): a secret object of glrt- tokens."""
     key = f"{PROJECT}:{RUNNER_TOKENS}"
     example = f"pulumi config set --secret --path '{key}.docker-1'  (then paste the glrt- token)"
-    raw = values.pop(RUNNER_TOKENS, None)
+    raw, stored = _pop_secret(values, RUNNER_TOKENS, is_secret, "runner tokens", example)
     if raw is None:
-        return {}, []
-    if not is_secret:
-        # Never echo the value: it is a credential stored in plain text.
-        return {}, [Problem(key, "must be stored as a secret (it holds runner tokens)", example)]
+        return {}, stored
     if not isinstance(raw, dict):
         return {}, [Problem(key, "must be an object mapping runner names to tokens", example)]
     problems = [
@@ -102,11 +110,9 @@ def docker_tls(values: dict[str, Any], is_secret: bool) -> tuple[dict[str, dict[
     """TLS material of tcp:// Docker hosts (popped from `values`): a secret object host -> PEM parts."""
     key = f"{PROJECT}:{DOCKER_TLS}"
     example = f"pulumi config set --secret --path '{key}.build-1.key' < key.pem  (likewise caCert and cert)"
-    raw = values.pop(DOCKER_TLS, None)
+    raw, stored = _pop_secret(values, DOCKER_TLS, is_secret, "private keys", example)
     if raw is None:
-        return {}, []
-    if not is_secret:
-        return {}, [Problem(key, "must be stored as a secret (it holds private keys)", example)]
+        return {}, stored
     if not isinstance(raw, dict):
         return {}, [Problem(key, "must be an object mapping Docker host names to {caCert, cert, key}", example)]
     found: dict[str, dict[str, str]] = {}
@@ -127,11 +133,9 @@ def cache_credentials(values: dict[str, Any], is_secret: bool) -> tuple[dict[str
     """The distributed cache's credentials (popped from `values`): a secret object of strings."""
     key = f"{PROJECT}:{CACHE_CREDENTIALS}"
     example = f"pulumi config set --secret --path '{key}.accessKey'  (likewise secretKey)"
-    raw = values.pop(CACHE_CREDENTIALS, None)
+    raw, stored = _pop_secret(values, CACHE_CREDENTIALS, is_secret, "the cache's credentials", example)
     if raw is None:
-        return None, []
-    if not is_secret:
-        return None, [Problem(key, "must be stored as a secret (it holds the cache's credentials)", example)]
+        return None, stored
     if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in raw.items()):
         return None, [Problem(key, "must be an object of non-empty strings", example)]
     return dict(raw), []

@@ -197,7 +197,6 @@ class GitLabDouble:
         self.polls: list[Poll] = []
         self.resets: list[Poll] = []
         self.managers_removed: list[Poll] = []
-        self.refused: list[tuple[str, str, int]] = []
         self.jobs: dict[int, Job] = {}
         self.queue: list[Job] = []
         self.unavailable = False
@@ -243,9 +242,10 @@ class GitLabDouble:
         with self.lock:
             return {p.token for p in self.polls}
 
-    def runner_ids_that_polled(self) -> set[int]:
+    def polled_since(self, token: str, since: float) -> float | None:
+        """The time (epoch seconds) of the token's first job request at or after `since`, if any."""
         with self.lock:
-            return {p.runner_id for p in self.polls if p.runner_id is not None}
+            return next((p.at.timestamp() for p in self.polls if p.token == token and p.at.timestamp() >= since), None)
 
     def first_poll(self, token: str) -> datetime | None:
         with self.lock:
@@ -254,6 +254,11 @@ class GitLabDouble:
     def expire_now(self, runner: Runner) -> None:
         with self.lock:
             runner.token_expires_at = datetime.now(UTC) - timedelta(seconds=1)
+
+    def reset_token(self, runner: Runner) -> None:
+        """Rotate the runner's token as its own `POST /runners/reset_authentication_token` does."""
+        with self.lock:
+            self._reset_token({"token": runner.token})
 
     # -- the API -------------------------------------------------------------------------------
 
@@ -290,10 +295,7 @@ class GitLabDouble:
                 return HTTPStatus.BAD_REQUEST, {"message": "400 Bad request - JSON object expected"}, {}
             data = loaded
         with self.lock:
-            answer = self._route(method, route, headers, data, body)
-            if answer[0] >= 400:
-                self.refused.append((method, route, int(answer[0])))
-            return answer
+            return self._route(method, route, headers, data, body)
 
     def _route(self, method: str, route: str, headers: dict[str, str], data: dict[str, Any], body: bytes) -> Answer:
         if route.startswith("/api/v4/jobs/") and route.endswith("/trace") and method == "PATCH":

@@ -10,11 +10,14 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pulumi import automation as auto
+
+from tests.integration.docker_engine import Engine, docker_provider_or_skip, start_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml", "Pulumi.prod.yaml", "__main__.py", "requirements.txt")
@@ -57,6 +60,15 @@ def copy_project(source: Path, files: tuple[str, ...], dirs: tuple[str, ...], wo
         shutil.copytree(source / name, work / name)
 
 
+def copy_tracked(dest: Path) -> None:
+    """The checkout's committed files (what a clone of it holds), copied to `dest`."""
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True, check=True)
+    for name in tracked.stdout.split():
+        if (ROOT / name).exists():  # a file deleted and not yet committed
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+
+
 def new_project(work: Path) -> Project:
     """A copy of the project in work/project with its own `file://` backend in work/state."""
     folder = work / "project"
@@ -71,6 +83,20 @@ def new_project(work: Path) -> Project:
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
     }
     return Project(folder, env)
+
+
+def exported_state(project: Project, stack: str) -> str:
+    """`pulumi stack export` as a user runs it: without --show-secrets (the Automation API's
+    export_stack always passes that flag, so it cannot tell)."""
+    done = subprocess.run(
+        ["pulumi", "stack", "export", "--stack", stack, "--cwd", str(project.dir)],
+        env={**os.environ, **project.env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return done.stdout
 
 
 @pytest.fixture()
@@ -88,6 +114,13 @@ def unsafe_project(tmp_path: Path, project: Project) -> Project:
     pulumi_yaml.write_text(pulumi_yaml.read_text().replace("../../../.venv", ".venv"))
     (work / ".venv").symlink_to(ROOT / ".venv")
     return Project(work, project.env)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    """The machine's Docker engine (scripts/docker-engine starts it), for the Docker target's tests."""
+    docker_provider_or_skip()
+    return start_engine()
 
 
 # What a runner that brings its own token may set: the rest is kept in GitLab (settings refuse it).

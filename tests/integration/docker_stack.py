@@ -18,6 +18,7 @@ from components.settings import RUNNER_VERSION
 from tests.gitlab_double.server import GitLabDouble
 from tests.integration.conftest import Project, new_project
 from tests.integration.docker_engine import Engine
+from tests.integration.local_cluster import free_port
 
 
 @dataclass
@@ -77,23 +78,27 @@ def docker_stack(
         stack_name="test", work_dir=str(project.dir), opts=auto.LocalWorkspaceOptions(env_vars=project.env)
     )
     deployed = DockerStack(project, stack, engines, gitlab, prefix, repository)
-    deployed.set("target", "docker")
-    deployed.set("gitlabUrl", gitlab.base_url)
-    deployed.set("checkInterval", "1")
-    deployed.set("runnerTokens", tokens, secret=True)
-    deployed.set("runners", runners)
-    # Host networking: the runners reach the API double on this machine's 127.0.0.1.
-    deployed.set(
-        "docker",
-        {
+    values: dict[str, Any] = {
+        "target": "docker",
+        "gitlabUrl": gitlab.base_url,
+        "checkInterval": "1",
+        "runners": runners,
+        # Host networking: the runners reach the API double on this machine's 127.0.0.1.
+        "docker": {
             "hosts": hosts or [{"name": "local", "host": engines[0].host, "networkMode": "host"}],
             "containerName": prefix,
             "image": {"flavor": "ubuntu", "baseImage": base_image, "repository": repository},
             "stopTimeout": 120,
         },
-    )
-    for key, value in config.items():
-        deployed.set(key, value)
+        # A free port: host networking shares the machine's ports between the stacks of a test run.
+        "metrics": {"port": free_port()},
+        **config,
+    }
+    settings = {
+        f"gitlab-runners:{k}": auto.ConfigValue(v if isinstance(v, str) else json.dumps(v)) for k, v in values.items()
+    }
+    settings["gitlab-runners:runnerTokens"] = auto.ConfigValue(json.dumps(tokens), secret=True)
+    stack.set_all_config(settings)
     try:
         yield deployed
     finally:

@@ -4,7 +4,6 @@ CA, the readiness gate, token rotation by the runner and by the stack, and the d
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import time
@@ -16,27 +15,16 @@ import pytest
 from pulumi import automation as auto
 
 from tests.gitlab_double.server import GitLabDouble, serve
-from tests.integration.docker_engine import Engine, base_image, docker_provider_or_skip, start_engine, wait_for
+from tests.integration.conftest import exported_state
+from tests.integration.docker_engine import Engine, base_image, wait_for
 from tests.integration.docker_stack import docker_stack
-from tests.integration.local_cluster import free_port
 
 API_TOKEN = "glpat-" + secrets.token_hex(10)
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
-    docker_provider_or_skip()
-    return start_engine()
-
-
-@pytest.fixture(scope="module")
 def base(engine: Engine) -> str:
     return base_image(engine)
-
-
-def polls_with(gitlab: GitLabDouble, token: str, since: float) -> bool:
-    with gitlab.lock:
-        return any(p.token == token and p.at.timestamp() >= since for p in gitlab.polls)
 
 
 def make_ca(folder: Path, name: str) -> tuple[Path, Path, Path]:
@@ -73,11 +61,10 @@ def test_a_private_ca_is_delivered_and_used_and_a_wrong_one_fails(
             runners=[{"name": "ca-shell", "executor": "shell"}],
             tokens={"ca-shell": runner.token},
             gitlabCa={"file": str(ca)},
-            metrics={"port": free_port()},
         ) as stack:
             started = time.time()
             assert stack.up().summary.result == "succeeded"
-            wait_for("a poll over HTTPS", lambda: polls_with(gitlab, runner.token, started), seconds=60)
+            wait_for("a poll over HTTPS", lambda: gitlab.polled_since(runner.token, started), seconds=60)
             # The runner verifies GitLab with exactly the CA the program delivered.
             delivered = engine.run("exec", stack.container("shell"), "cat", "/etc/gitlab-runner/certs/127.0.0.1.crt")
             assert delivered.stdout == ca.read_text()
@@ -103,7 +90,6 @@ def test_the_readiness_gate_names_the_runner_and_what_it_saw(
             runners=[{"name": "gate-shell", "executor": "shell"}],
             tokens={"gate-shell": runner.token},
             readiness={"timeoutSeconds": 20},
-            metrics={"port": free_port()},
         ) as stack:
             with pytest.raises(auto.CommandError) as caught:
                 stack.up()
@@ -136,7 +122,6 @@ def test_the_runner_rotates_its_token_and_up_never_writes_the_old_one_back(
         base,
         runners=[{"name": "rot-shell", "executor": "shell"}],
         tokens={"rot-shell": original},
-        metrics={"port": free_port()},
     ) as stack:
         assert stack.up().summary.result == "succeeded"
         config = stack.config_toml("shell")
@@ -151,7 +136,7 @@ def test_the_runner_rotates_its_token_and_up_never_writes_the_old_one_back(
         assert "check_interval = 2" in config and original not in config
         assert engine.inspect("container", stack.container("shell"))["Id"] == container_id  # type: ignore[index]
         since = time.time()
-        wait_for("a poll with the current token", lambda: polls_with(gitlab, runner.token, since), seconds=30)
+        wait_for("a poll with the current token", lambda: gitlab.polled_since(runner.token, since), seconds=30)
         assert original in runner.revoked
 
 
@@ -167,7 +152,6 @@ def test_a_new_token_from_the_stack_reaches_the_running_runner(
             base,
             runners=[{"name": "swap-shell", "executor": "shell"}],
             tokens={"swap-shell": old.token},
-            metrics={"port": free_port()},
         ) as stack:
             assert stack.up().summary.result == "succeeded"
             container_id = engine.inspect("container", stack.container("shell"))["Id"]  # type: ignore[index]
@@ -176,13 +160,13 @@ def test_a_new_token_from_the_stack_reaches_the_running_runner(
             stack.set("runnerTokens", {"swap-shell": new.token}, secret=True)
             assert stack.up().summary.result == "succeeded"
             since = time.time()
-            wait_for("a poll with the new token", lambda: polls_with(gitlab, new.token, since), seconds=30)
+            wait_for("a poll with the new token", lambda: gitlab.polled_since(new.token, since), seconds=30)
             # No gap: the same container, and the job in flight finished.
             assert engine.inspect("container", stack.container("shell"))["Id"] == container_id  # type: ignore[index]
             wait_for("the job to finish", lambda: job.state in ("success", "failed"), seconds=30)
             assert job.state == "success"
             time.sleep(3)
-            assert not polls_with(gitlab, old.token, time.time() - 2)  # the old runner can now be deleted
+            assert not gitlab.polled_since(old.token, time.time() - 2)  # the old runner can now be deleted
 
 
 def test_cache_credentials_reach_config_toml_and_nothing_else(
@@ -202,19 +186,12 @@ def test_cache_credentials_reach_config_toml_and_nothing_else(
                 "type": "s3",
                 "s3": {"serverAddress": "127.0.0.1:9000", "bucketName": "runner-cache", "insecure": True},
             },
-            metrics={"port": free_port()},
         ) as stack:
             stack.set("cacheCredentials", {"accessKey": "AKIAE2ECACHE", "secretKey": secret_key}, secret=True)
             up = stack.up()
             config = stack.config_toml("docker")
             assert "[runners.cache.s3]" in config and f'SecretKey = "{secret_key}"' in config
             inspected = engine.run("inspect", stack.container("docker"), stack.container("docker") + "-sync").stdout
-            exported = subprocess.run(
-                ["pulumi", "stack", "export", "--stack", "test", "--cwd", str(stack.project.dir)],
-                env={**os.environ, **stack.project.env},
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
+            exported = exported_state(stack.project, "test")
             for place, text in (("inspect", inspected), ("state", exported), ("engine", up.stdout + up.stderr)):
                 assert secret_key not in text, place

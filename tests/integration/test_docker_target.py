@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import os
 import secrets
 import subprocess
 import time
@@ -23,9 +22,9 @@ import pytest
 from pulumi import automation as auto
 
 from components.settings import RUNNER_VERSION
-from tests.gitlab_double.server import GitLabDouble, Runner, serve
-from tests.integration.conftest import new_project
-from tests.integration.docker_engine import Engine, base_image, docker_provider_or_skip, start_engine, wait_for
+from tests.gitlab_double.server import serve
+from tests.integration.conftest import exported_state, new_project
+from tests.integration.docker_engine import Engine, base_image, wait_for
 from tests.integration.docker_stack import DockerStack
 from tests.integration.local_cluster import free_port
 
@@ -37,8 +36,6 @@ class Deployment(DockerStack):
     """The module's stack on one engine, with the runners the API double made for it."""
 
     tokens: dict[str, str]
-    runners: dict[str, Runner]
-    metrics_port: int
     replaced_images: list[str] = field(default_factory=list)
 
     @property
@@ -52,12 +49,6 @@ class Deployment(DockerStack):
     @property
     def shell_container(self) -> str:
         return self.container("shell")
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    docker_provider_or_skip()
-    return start_engine()
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +87,6 @@ def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iter
             prefix=prefix,
             repository=repository,
             tokens=tokens,
-            runners=created,
-            metrics_port=metrics_port,
         )
         deployed.set(
             "docker",
@@ -124,25 +113,14 @@ def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iter
             engine.run(
                 "volume", "rm", "-f", bystander, f"{prefix}-docker-config", f"{prefix}-shell-config", check=False
             )
-            engine.run("image", "rm", "-f", f"{repository}:ubuntu-v{RUNNER_VERSION}", check=False)
+            engine.run("image", "rm", "-f", deployed.image, check=False)
             for image in deployed.replaced_images:
                 engine.run("image", "rm", image, check=False)
-
-
-def health(engine: Engine, container: str) -> str | None:
-    inspected = engine.inspect("container", container) or {}
-    status: str | None = inspected.get("State", {}).get("Health", {}).get("Status")
-    return status
 
 
 def is_healthy(engine: Engine, container: str) -> bool:
     inspected = engine.inspect("container", container) or {}
     return bool(inspected.get("State", {}).get("Health", {}).get("Status") == "healthy")
-
-
-def polled_since(gitlab: GitLabDouble, token: str, since: float) -> bool:
-    with gitlab.lock:
-        return any(p.token == token and p.at.timestamp() >= since for p in gitlab.polls)
 
 
 def test_up_builds_the_image_and_each_runner_polls_with_its_own_token(deployment: Deployment) -> None:
@@ -159,12 +137,10 @@ def test_up_builds_the_image_and_each_runner_polls_with_its_own_token(deployment
         first = wait_for(f"{name} to poll", first_poll, seconds=60)
         print(f"first poll of {name}: {first.timestamp() - started:.1f} s after the start of pulumi up")
     # The image: built from images/runner/Dockerfile on the stand-in base, jq installed.
-    image = d.engine.inspect("image", f"{d.repository}:ubuntu-v{RUNNER_VERSION}")
+    image = d.engine.inspect("image", d.image)
     assert image is not None
     assert image["Config"]["Labels"]["org.opencontainers.image.version"] == RUNNER_VERSION
-    assert d.engine.run(
-        "run", "--rm", "--entrypoint", "jq", f"{d.repository}:ubuntu-v{RUNNER_VERSION}", "--version"
-    ).stdout
+    assert d.engine.run("run", "--rm", "--entrypoint", "jq", d.image, "--version").stdout
     # One container per executor kind; the Docker socket only where the docker executor runs.
     docker_runner = d.engine.inspect("container", d.docker_container)
     shell_runner = d.engine.inspect("container", d.shell_container)
@@ -216,7 +192,7 @@ def test_a_settings_change_reaches_the_running_runner_without_replacing_it(deplo
     runners[0]["limit"] = 3
     runners[1]["limit"] = 1
     d.set("runners", runners)
-    d.stack.set_config("gitlab-runners:checkInterval", auto.ConfigValue("2"))
+    d.set("checkInterval", "2")
     up = d.up()
     assert up.summary.result == "succeeded"
     changes: dict[str, int] = dict(up.summary.resource_changes or {})  # type: ignore[arg-type]
@@ -229,14 +205,14 @@ def test_a_settings_change_reaches_the_running_runner_without_replacing_it(deplo
     assert job.state == "success" and "still-here" in bytes(job.trace).decode()
     # The runner reloaded: still polling with the same token after the change.
     since = time.time()
-    wait_for("a poll after the reload", lambda: polled_since(d.gitlab, d.tokens["e2e-shell"], since), seconds=30)
+    wait_for("a poll after the reload", lambda: d.gitlab.polled_since(d.tokens["e2e-shell"], since), seconds=30)
 
 
 def test_a_token_gitlab_refuses_fails_up_and_changes_nothing(deployment: Deployment) -> None:
     d = deployment
     before = d.config_toml("shell")
     tokens = {**d.tokens, "e2e-shell": "glrt-not-known-to-gitlab-12345"}
-    d.stack.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps(tokens), secret=True))
+    d.set("runnerTokens", tokens, secret=True)
     with pytest.raises(auto.CommandError) as caught:
         d.up()
     output = str(caught.value)
@@ -244,9 +220,9 @@ def test_a_token_gitlab_refuses_fails_up_and_changes_nothing(deployment: Deploym
     assert "glrt-not-known-to-gitlab-12345" not in output
     assert d.config_toml("shell") == before  # the runner keeps its working config
     since = time.time()
-    wait_for("the runner to go on polling", lambda: polled_since(d.gitlab, d.tokens["e2e-shell"], since), seconds=30)
+    wait_for("the runner to go on polling", lambda: d.gitlab.polled_since(d.tokens["e2e-shell"], since), seconds=30)
     # Put right, the next up installs it.
-    d.stack.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps(d.tokens), secret=True))
+    d.set("runnerTokens", d.tokens, secret=True)
     assert d.up().summary.result == "succeeded"
 
 
@@ -262,7 +238,7 @@ def test_a_killed_runner_is_restarted_and_polls_again(deployment: Deployment) ->
 
     wait_for("docker to restart the runner", restarted, seconds=60)
     since = time.time()
-    wait_for("a poll after the restart", lambda: polled_since(d.gitlab, d.tokens["e2e-shell"], since), seconds=60)
+    wait_for("a poll after the restart", lambda: d.gitlab.polled_since(d.tokens["e2e-shell"], since), seconds=60)
 
 
 def test_a_new_image_waits_for_the_running_job_then_takes_over(deployment: Deployment) -> None:
@@ -271,7 +247,7 @@ def test_a_new_image_waits_for_the_running_job_then_takes_over(deployment: Deplo
     job = d.gitlab.enqueue_job(d.tokens["e2e-shell"], ["sleep 10", "echo finished-before-replacement"])
     wait_for("the job to start", lambda: job.state == "running", seconds=30)
     # The image it replaces loses its tag and stays, as with `docker build` by hand: the fixture removes it.
-    d.replaced_images.append(d.engine.inspect("image", f"{d.repository}:ubuntu-v{RUNNER_VERSION}")["Id"])  # type: ignore[index]
+    d.replaced_images.append(d.engine.inspect("image", d.image)["Id"])  # type: ignore[index]
     docker = d.config("docker")
     docker["image"]["extraPackages"] = []  # a different image: the runner containers are replaced
     d.set("docker", docker)
@@ -282,29 +258,23 @@ def test_a_new_image_waits_for_the_running_job_then_takes_over(deployment: Deplo
     new = d.engine.inspect("container", d.shell_container)
     assert new is not None and new["Id"] != old_id and new["State"]["Running"]
     since = time.time()
-    wait_for("the new container to poll", lambda: polled_since(d.gitlab, d.tokens["e2e-shell"], since), seconds=60)
+    wait_for("the new container to poll", lambda: d.gitlab.polled_since(d.tokens["e2e-shell"], since), seconds=60)
 
 
 def test_no_token_in_outputs_state_inspect_history_or_engine_output(deployment: Deployment) -> None:
     d = deployment
     tokens = list(d.tokens.values())
     outputs = json.dumps({k: v.value for k, v in d.stack.outputs().items()})
-    exported = subprocess.run(
-        ["pulumi", "stack", "export", "--stack", "e2e", "--cwd", str(d.project.dir)],
-        env={**os.environ, **d.project.env},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    exported = exported_state(d.project, "e2e")
     inspected = d.engine.run(
         "inspect", d.docker_container, d.shell_container, f"{d.docker_container}-sync", f"{d.shell_container}-sync"
     ).stdout
-    history = d.engine.run("history", "--no-trunc", f"{d.repository}:ubuntu-v{RUNNER_VERSION}").stdout
-    image = d.engine.run("image", "inspect", f"{d.repository}:ubuntu-v{RUNNER_VERSION}").stdout
-    logs = "".join(
-        d.engine.run("logs", c).stdout + d.engine.run("logs", c).stderr
-        for c in (d.docker_container, d.shell_container, f"{d.docker_container}-sync", f"{d.shell_container}-sync")
-    )
+    history = d.engine.run("history", "--no-trunc", d.image).stdout
+    image = d.engine.run("image", "inspect", d.image).stdout
+    logs = ""
+    for c in (d.docker_container, d.shell_container, f"{d.docker_container}-sync", f"{d.shell_container}-sync"):
+        done = d.engine.run("logs", c)
+        logs += done.stdout + done.stderr
     for token in tokens:
         encoded = base64.b64encode(token.encode()).decode()
         for place, text in (
@@ -336,4 +306,4 @@ def test_destroy_removes_what_the_stack_created_and_nothing_else(deployment: Dep
     suffix = d.prefix.rsplit("-", 1)[1]
     assert f"bystander-{suffix}" in containers and f"bystander-{suffix}" in volumes
     # The built image stays, as an image built by hand does (README: "What destroy leaves").
-    assert d.engine.exists("image", f"{d.repository}:ubuntu-v{RUNNER_VERSION}")
+    assert d.engine.exists("image", d.image)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import ROOT, copy_tracked
 from tests.integration.docker_engine import docker_provider_or_skip, start_engine
 
 PASSPHRASE = "ci-passphrase-" + secrets.token_hex(8)
@@ -68,12 +68,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     path, state = work / "repo", work / "state"
     state.mkdir()
     # The project as committed, in a repository of its own.
-    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True, check=True)
-    for name in tracked.stdout.split():
-        target = path / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if (ROOT / name).exists():
-            shutil.copy2(ROOT / name, target)
+    copy_tracked(path)
     (path / ".venv").symlink_to(ROOT / ".venv")  # the same pinned packages; git ignores it
     git(path, "init", "-q", "-b", "main")
     git(path, "config", "user.email", "ci@example.invalid")
@@ -102,6 +97,7 @@ def test_merge_requests_preview_and_the_default_branch_deploys(repo: Repo) -> No
     deploys = {name: job for name, job in default.items() if name.startswith("deploy")}
     assert any(job["when"] == "on_success" for name, job in deploys.items() if "production" not in name)
     assert all(job["when"] == "manual" for name, job in deploys.items() if "production" in name)
+    assert any("production" in name for name in deploys)
     assert "preview" not in default or default["preview"]["when"] == "never"
 
 

@@ -26,25 +26,12 @@ from pulumi import automation as auto
 
 from components.kubernetes_runner import RBAC_RULES, SECRETS_FINGERPRINT, chart_values, fingerprint
 from components.settings import CHART_VERSION, parse_settings
-from tests.integration.conftest import ROOT, Project, stack, with_existing_tokens
+from tests.charts import chart_under_test, official_chart
+from tests.integration.conftest import ROOT, Project, exported_state, stack, with_existing_tokens
 from tests.integration.local_cluster import Cluster, local_cluster
 
 FAKE_TOKEN = "glrt-integration-fake-cluster-token"
 ROTATED_TOKEN = "glrt-integration-rotated-cluster-token"
-STAND_IN_CHART = ROOT / "tests" / "fixtures" / "chart"
-CACHE = Path(os.environ.get("GITLAB_RUNNERS_CACHE") or Path.home() / ".cache" / "gitlab-runners")
-
-
-def official_chart() -> Path | None:
-    given = os.environ.get("GITLAB_RUNNERS_CHART_ARCHIVE")
-    archive = Path(given) if given else CACHE / "charts" / f"gitlab-runner-{CHART_VERSION}.tgz"
-    return archive if archive.is_file() else None
-
-
-def chart_under_test() -> tuple[Path, bool]:
-    archive = official_chart()
-    print(f"chart under test: {archive or f'the stand-in {STAND_IN_CHART} (no official archive on disk)'}")
-    return (archive, True) if archive else (STAND_IN_CHART, False)
 
 
 @pytest.fixture(scope="module")
@@ -57,20 +44,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         pytest.skip(message)
     with local_cluster(Path(bin_dir), tmp_path_factory.mktemp("cluster")) as running:
         yield running
-
-
-def exported_state(project: Project, stack: str) -> str:
-    """`pulumi stack export` as a user runs it: without --show-secrets (the Automation API's
-    export_stack always passes that flag, so it cannot tell)."""
-    done = subprocess.run(
-        ["pulumi", "stack", "export", "--stack", stack, "--cwd", str(project.dir)],
-        env={**os.environ, **project.env},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return done.stdout
 
 
 def prod_values(fingerprint: str = "0123456789abcdef") -> dict[str, Any]:
@@ -167,15 +140,12 @@ def test_prod_stack_up_token_change_preview_destroy(project: Project, cluster: C
         assert status == 201
 
     prod = stack(project, "prod")
-    prod.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps({"prod-k8s": FAKE_TOKEN}), secret=True))
+    # A runner that brings its own token cannot carry GitLab-side attributes (they are set in GitLab).
+    with_existing_tokens(prod, {"prod-k8s": FAKE_TOKEN})
     kubernetes = json.loads(prod.get_config("gitlab-runners:kubernetes").value)
     kubernetes["chart"] = {"path": str(chart)}
     kubernetes["kubeconfig"] = str(cluster.kubeconfig)
     prod.set_config("gitlab-runners:kubernetes", auto.ConfigValue(json.dumps(kubernetes)))
-    # A runner that brings its own token cannot carry GitLab-side attributes (they are set in GitLab).
-    runners = json.loads(prod.get_config("gitlab-runners:runners").value)
-    keep = ("name", "executor", "image", "limit", "jobResources")
-    prod.set_config("gitlab-runners:runners", auto.ConfigValue(json.dumps([{k: r[k] for k in keep} for r in runners])))
     try:
         up = prod.up(color="never")
         assert up.summary.result == "succeeded"

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import ROOT, copy_tracked
 
 ANSWERS = {
     "gitlab-runners:target": "kubernetes",
@@ -27,11 +26,7 @@ ANSWERS = {
 def template(tmp_path: Path) -> Path:
     """The checkout's committed files (what `pulumi new <repository URL>` would clone)."""
     folder = tmp_path / "template"
-    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True, check=True)
-    for name in tracked.stdout.split():
-        if (ROOT / name).exists():
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, folder / name)
+    copy_tracked(folder)
     return folder
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import tarfile
 from importlib import metadata, resources
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from components.settings import CHART_VERSION, RUNNER_VERSION
+from tests.charts import official_chart_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def requirement_pins(name: str) -> dict[str, str]:
 
 
 def test_every_requirement_is_pinned_and_installed_at_its_pin() -> None:
-    for name in ("requirements.txt", "requirements-dev.txt", "policy/requirements.txt"):
+    for name in ("requirements.txt", "requirements-dev.txt", "policy/requirements.txt", "constraints.txt"):
         for package, version in requirement_pins(name).items():
             assert metadata.version(package) == version, f"{package} installed != {name} pin"
 
@@ -60,7 +60,8 @@ def test_the_runner_is_the_one_the_pinned_chart_ships() -> None:
     pins = versions_env()
     assert pins["CHART_VERSION"] == CHART_VERSION
     assert pins["CHART_APP_VERSION"] == RUNNER_VERSION
-    for path in ("Pulumi.dev.yaml", "Pulumi.prod.yaml", "images/runner/Dockerfile"):
+    written = ("Pulumi.dev.yaml", "Pulumi.prod.yaml", "images/runner/Dockerfile", "benchmarks/baseline/__main__.py")
+    for path in written:
         text = (ROOT / path).read_text()
         # Any runner or chart version written there is the pinned one.
         assert set(re.findall(r"\b1[0-9]\.[0-9]+\.[0-9]+\b", text)) <= {RUNNER_VERSION}, path
@@ -68,10 +69,7 @@ def test_the_runner_is_the_one_the_pinned_chart_ships() -> None:
 
 
 def test_the_chart_archive_on_disk_is_the_published_one_and_names_the_runner() -> None:
-    cache = Path(os.environ.get("GITLAB_RUNNERS_CACHE") or Path.home() / ".cache" / "gitlab-runners")
-    archive = Path(
-        os.environ.get("GITLAB_RUNNERS_CHART_ARCHIVE") or cache / "charts" / f"gitlab-runner-{CHART_VERSION}.tgz"
-    )
+    archive = official_chart_path()
     if not archive.is_file():
         pytest.skip(f"the chart archive gitlab-runner-{CHART_VERSION}.tgz is not on disk (README: the chart offline)")
     pins = versions_env()
@@ -82,3 +80,8 @@ def test_the_chart_archive_on_disk_is_the_published_one_and_names_the_runner() -
         chart = yaml.safe_load(member.read())
     assert chart["version"] == CHART_VERSION
     assert chart["appVersion"] == RUNNER_VERSION == pins["CHART_APP_VERSION"]
+
+
+def test_the_ci_image_is_the_pinned_pulumi() -> None:
+    pipeline = yaml.safe_load((ROOT / "ci" / "gitlab-ci.yml").read_text())
+    assert pipeline["variables"]["GITLAB_RUNNERS_IMAGE"] == f"pulumi/pulumi-python:{versions_env()['PULUMI_VERSION']}"

@@ -119,8 +119,7 @@ def test_a_token_the_runner_rotated_is_kept_and_settings_still_change(volume: Vo
     assert volume.sync({"a": runner.token}).returncode == 0
     # The runner rotates its token and writes it back (as the real one does before expiry).
     delivered = runner.token
-    with volume.gitlab.lock:
-        volume.gitlab._reset_token({"token": delivered})
+    volume.gitlab.reset_token(runner)
     rotated = (volume.dir / "config.toml").read_text().replace(delivered, runner.token)
     (volume.dir / "config.toml").write_text(rotated)
     registered = len(volume.gitlab.verified)
