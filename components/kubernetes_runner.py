@@ -44,6 +44,18 @@ RBAC_RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]},
 ]
+# With namespace_per_job the executor creates each job's namespace and deletes it afterwards.
+NAMESPACE_PER_JOB_RULE: dict[str, list[str]] = {
+    "apiGroups": [""],
+    "resources": ["namespaces"],
+    "verbs": ["create", "delete"],
+}
+
+
+def rbac_rules(runner: Runner) -> list[dict[str, list[str]]]:
+    """The rules one runner manager's executor needs, and no more."""
+    per_job = runner.job_pods is not None and runner.job_pods.namespace_per_job
+    return [*RBAC_RULES, NAMESPACE_PER_JOB_RULE] if per_job else list(RBAC_RULES)
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,7 @@ def chart_values(
         service_account["name"] = settings.service_account.name
     rbac: dict[str, Any] = {"create": settings.rbac.create, "clusterWideAccess": settings.rbac.cluster_wide_access}
     if settings.rbac.create:
-        rbac["rules"] = RBAC_RULES
+        rbac["rules"] = rbac_rules(runner)
     metrics: dict[str, Any] = {"enabled": global_.metrics_enabled, "port": global_.metrics_port}
     if extras.service_monitor.enabled:
         metrics["serviceMonitor"] = {

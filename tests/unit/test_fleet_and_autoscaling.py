@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from components.kubernetes_runner import rbac_rules
 from components.runner_config import render_chart_runner_toml, render_config_toml
 from components.settings import SettingsError, parse_settings
 from tests.unit.test_program import FAKE_API_TOKEN, run_program, stack_config
@@ -195,3 +196,19 @@ def test_another_job_namespace_with_cluster_wide_rbac() -> None:
     )
     section = tomllib.loads(render_chart_runner_toml(s.runners[0], "gitlab"))["runners"][0]["kubernetes"]
     assert section["namespace"] == "ci-jobs"
+
+
+def test_namespace_per_job_gets_the_namespaces_rule_and_only_that_runner() -> None:
+    """The kubernetes executor creates and deletes each job's namespace when namespacePerJob is on
+    (gitlab-runner docs, executors/kubernetes, API permissions); the other runners get no such rule."""
+    s = parse(
+        {
+            "target": "kubernetes",
+            "kubernetes": {"rbac": {"clusterWideAccess": True}},
+            "runners": [{"name": "per-job", "jobPods": {"namespacePerJob": True}}, {"name": "plain"}],
+        }
+    )
+    per_job, plain = (rbac_rules(runner) for runner in s.runners)
+    namespaces = [rule for rule in per_job if "namespaces" in rule["resources"]]
+    assert namespaces == [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["create", "delete"]}]
+    assert not [rule for rule in plain if "namespaces" in rule["resources"]]
