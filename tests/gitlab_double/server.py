@@ -119,6 +119,8 @@ class Job:
     script: list[str]
     variables: dict[str, str]
     timeout: int = 3600
+    image: str | None = None
+    """The job's `image:` (docker and kubernetes executors); None: the runner's default image."""
     state: str = "pending"
     exit_code: int | None = None
     failure_reason: str | None = None
@@ -159,7 +161,7 @@ class Job:
                     "allow_failure": False,
                 }
             ],
-            "image": None,
+            "image": {"name": self.image} if self.image else None,
             "services": [],
             "artifacts": [],
             "cache": [],
@@ -220,7 +222,12 @@ class GitLabDouble:
             return self.runners[answer["id"]]
 
     def enqueue_job(
-        self, runner_token: str, script: list[str], variables: dict[str, str] | None = None, timeout: int = 3600
+        self,
+        runner_token: str,
+        script: list[str],
+        variables: dict[str, str] | None = None,
+        timeout: int = 3600,
+        image: str | None = None,
     ) -> Job:
         """A job for the runner holding `runner_token` now (it follows the runner through token resets)."""
         with self.lock:
@@ -231,6 +238,7 @@ class GitLabDouble:
                 script=script,
                 variables={"GIT_STRATEGY": "none", **(variables or {})},
                 timeout=timeout,
+                image=image,
             )
             runner = self._runner_by_token(runner_token)
             job.runner_id = runner.id if runner else None
