@@ -533,18 +533,20 @@ def serve(
     scopes: tuple[str, ...] = ("api",),
     token_lifetime: timedelta | None = None,
     tls: tuple[str, str] | None = None,
+    host: str = "127.0.0.1",
 ) -> Iterator[GitLabDouble]:
-    """Run a double on a free 127.0.0.1 port for the duration of the block; HTTPS with `tls`
-    (certificate file, key file)."""
+    """Run a double on a free port of `host` for the duration of the block; HTTPS with `tls`
+    (certificate file, key file). `host` is 127.0.0.1, or this machine's address on a network the
+    test made (a pod network), never another."""
     double = GitLabDouble(api_token, scopes, token_lifetime)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(double))
+    server = ThreadingHTTPServer((host, 0), _handler(double))
     scheme = "http"
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*tls)
         server.socket = context.wrap_socket(server.socket, server_side=True)
         scheme = "https"
-    double.base_url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
+    double.base_url = f"{scheme}://{host}:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

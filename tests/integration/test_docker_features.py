@@ -5,11 +5,9 @@ CA, the readiness gate, token rotation by the runner and by the stack, and the d
 from __future__ import annotations
 
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from pulumi import automation as auto
@@ -18,6 +16,7 @@ from tests.gitlab_double.server import GitLabDouble, serve
 from tests.integration.conftest import exported_state
 from tests.integration.docker_engine import Engine, base_image, wait_for
 from tests.integration.docker_stack import docker_stack
+from tests.integration.tls import make_ca
 
 API_TOKEN = "glpat-" + secrets.token_hex(10)
 
@@ -25,23 +24,6 @@ API_TOKEN = "glpat-" + secrets.token_hex(10)
 @pytest.fixture(scope="module")
 def base(engine: Engine) -> str:
     return base_image(engine)
-
-
-def make_ca(folder: Path, name: str) -> tuple[Path, Path, Path]:
-    """A CA and a certificate for 127.0.0.1 signed by it (openssl), as a self-hosted GitLab would have."""
-    ca_key, ca_cert = folder / f"{name}-ca.key", folder / f"{name}-ca.pem"
-    key, csr, cert = folder / f"{name}.key", folder / f"{name}.csr", folder / f"{name}.pem"
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca_cert),
-        "-days", "2", "-subj", f"/CN={name} test CA")  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
-        "-out", str(cert), "-days", "2", "-extfile", str(folder / "san.ext"))  # fmt: skip
-    return ca_cert, cert, key
 
 
 def test_a_private_ca_is_delivered_and_used_and_a_wrong_one_fails(

@@ -3,7 +3,9 @@ built from its source, a real Docker engine, the GitLab API double on 127.0.0.1 
 (a test double of gitlab-runner) in a base image laid out like the official one.
 
 The tests run in file order against one deployed stack (module fixtures); the last one destroys it,
-and the fixture destroys whatever is left even when a test failed.
+and the fixture destroys whatever is left even when a test failed. The whole module runs twice: on the
+current engine (Docker 29, refusing API versions below 1.44) and on Debian's 20.10, the oldest engine
+the README claims.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class Deployment(DockerStack):
     """The module's stack on one engine, with the runners the API double made for it."""
 
     tokens: dict[str, str]
+    base: str
+    """The runner base image, also the docker runner's job image."""
     replaced_images: list[str] = field(default_factory=list)
 
     @property
@@ -51,8 +55,21 @@ class Deployment(DockerStack):
         return self.container("shell")
 
 
+@pytest.fixture(scope="module", params=["current", "20.10"])
+def target_engine(request: pytest.FixtureRequest) -> Engine:
+    current: Engine = request.getfixturevalue("engine")
+    legacy: Engine = request.getfixturevalue("legacy_engine")
+    if request.param == "20.10":
+        if current == legacy:
+            pytest.skip("the current engine is not built here: the module ran on 20.10 already")
+        return legacy
+    return current
+
+
 @pytest.fixture(scope="module")
-def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def deployment(target_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    engine = target_engine
+    print(f"docker engine under test: {engine.describe()}")
     base = base_image(engine)
     work = tmp_path_factory.mktemp("docker-target")
     project = new_project(work)
@@ -87,6 +104,7 @@ def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iter
             prefix=prefix,
             repository=repository,
             tokens=tokens,
+            base=base,
         )
         deployed.set(
             "docker",
@@ -100,7 +118,17 @@ def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iter
         )
         deployed.set(
             "runners",
-            [{"name": "e2e-docker", "executor": "docker", "limit": 2}, {"name": "e2e-shell", "executor": "shell"}],
+            [
+                # Job images come from the engine's own store: no registry is reachable here.
+                {
+                    "name": "e2e-docker",
+                    "executor": "docker",
+                    "limit": 2,
+                    "image": base,
+                    "pullPolicy": ["if-not-present"],
+                },
+                {"name": "e2e-shell", "executor": "shell"},
+            ],
         )
         try:
             yield deployed
@@ -172,6 +200,35 @@ def test_a_shell_job_runs_and_succeeds(deployment: Deployment) -> None:
     assert job.state == "success", trace
     assert marker in trace and "gitlab-runner" in trace  # run as the unprivileged user
     assert "jq-1.6" in trace  # the extra package is in the image
+
+
+def test_a_docker_job_runs_in_a_job_container_through_the_socket(deployment: Deployment) -> None:
+    """The docker executor's job runs in a container of its own on the host's engine, labelled as the
+    real runner labels it, and the container is removed afterwards."""
+    d = deployment
+    marker = f"marker-{secrets.token_hex(4)}"
+    script = [f"echo {marker}", "cat /etc/debian_version", "sleep 3"]
+    job = d.gitlab.enqueue_job(d.tokens["e2e-docker"], script, image=d.base)
+    seen: dict[str, str] = {}
+
+    def job_container() -> bool:
+        for line in d.engine.run(
+            "ps", "-a", "--filter", f"label=com.gitlab.gitlab-runner.job.id={job.id}", "--format", "{{.Names}}"
+        ).stdout.split():
+            seen["name"] = line
+        return bool(seen) or job.state in ("success", "failed")
+
+    wait_for("the job container", job_container, seconds=60, every=0.1)
+    wait_for("the docker job to finish", lambda: job.state in ("success", "failed"), seconds=90)
+    trace = bytes(job.trace).decode()
+    assert job.state == "success", trace
+    assert marker in trace and "Using Docker executor with image" in trace
+    assert seen.get("name", "").startswith("runner-") and seen["name"].endswith("-build"), seen
+    labelled = d.engine.run("ps", "-a", "--filter", f"label=com.gitlab.gitlab-runner.job.id={job.id}", "-q").stdout
+    assert labelled.strip() == "", "the job container is left behind"
+    # The shell runner has no socket, and its jobs still run (test_a_shell_job_runs_and_succeeds).
+    mounts = (d.engine.inspect("container", d.shell_container) or {}).get("Mounts", [])
+    assert not [m for m in mounts if m.get("Source", "").endswith("docker.sock")]
 
 
 def test_a_second_up_changes_nothing(deployment: Deployment) -> None:
