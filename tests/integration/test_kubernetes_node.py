@@ -10,6 +10,7 @@ service account, so the RBAC rules the program renders are tested by use: a miss
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -113,7 +114,7 @@ def test_up_runs_the_charts_scripts_and_every_runner_polls(deployed: NodeDeploym
         wait_rolled_out(d.cluster, fingerprint(token), namespace=NAMESPACE, release=f"{name}-runner")
         # The chart's register script verified the token, then `run` polled with it.
         assert any(p.token == token for p in d.gitlab.verified), f"{name} never verified its token"
-        wait_for(f"{name} polling", lambda token=token: d.gitlab.polled_since(token, started), seconds=60)
+        wait_for(f"{name} polling", functools.partial(d.gitlab.polled_since, token, started), seconds=60)
 
 
 @pytest.mark.parametrize("runner", list(RUNNERS))
