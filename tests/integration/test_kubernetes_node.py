@@ -47,6 +47,19 @@ class NodeDeployment:
     tokens: dict[str, str]
     job_image: str
     cluster: Cluster
+    deployed: bool = False
+
+    def ensure_up(self) -> NodeDeployment:
+        if not self.deployed:
+            assert self.stack.up(color="never").summary.result == "succeeded"
+            self.deployed = True
+        return self
+
+
+@pytest.fixture()
+def running(deployed: NodeDeployment) -> NodeDeployment:
+    """The module's stack, brought up if no test has done so (or the last one destroyed it)."""
+    return deployed.ensure_up()
 
 
 @pytest.fixture(scope="module")
@@ -109,17 +122,22 @@ def test_up_runs_the_charts_scripts_and_every_runner_polls(deployed: NodeDeploym
     d = deployed
     started = time.time()
     up = d.stack.up(color="never")
+    d.deployed = True
     assert up.summary.result == "succeeded"
     for name, token in d.tokens.items():
         wait_rolled_out(d.cluster, fingerprint(token), namespace=NAMESPACE, release=f"{name}-runner")
         # The chart's register script verified the token, then `run` polled with it.
         assert any(p.token == token for p in d.gitlab.verified), f"{name} never verified its token"
         wait_for(f"{name} polling", functools.partial(d.gitlab.polled_since, token, started), seconds=60)
+    # The chart's live check runs in every manager pod: none restarted.
+    pods = d.cluster.get(f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]
+    restarts = {p["metadata"]["name"]: [c["restartCount"] for c in p["status"]["containerStatuses"]] for p in pods}
+    assert all(count == [0] for count in restarts.values()), restarts
 
 
 @pytest.mark.parametrize("runner", list(RUNNERS))
-def test_a_kubernetes_job_runs_in_a_pod_and_its_log_reaches_gitlab(deployed: NodeDeployment, runner: str) -> None:
-    d = deployed
+def test_a_kubernetes_job_runs_in_a_pod_and_its_log_reaches_gitlab(running: NodeDeployment, runner: str) -> None:
+    d = running
     marker = f"marker-{secrets.token_hex(4)}"
     job = d.gitlab.enqueue_job(d.tokens[runner], [f"echo {marker}", "cat /etc/debian_version"], image=d.job_image)
     wait_for(f"the job of {runner} to finish", lambda: job.state in ("success", "failed"), seconds=120)
@@ -136,10 +154,11 @@ def test_a_kubernetes_job_runs_in_a_pod_and_its_log_reaches_gitlab(deployed: Nod
         assert d.cluster.wait_gone(f"/api/v1/namespaces/{namespace}", seconds=60)
 
 
-def test_destroy_unregisters_the_managers_and_leaves_nothing(deployed: NodeDeployment) -> None:
-    d = deployed
+def test_destroy_unregisters_the_managers_and_leaves_nothing(running: NodeDeployment) -> None:
+    d = running
     managers_before = len(d.gitlab.managers_removed)
     destroyed = d.stack.destroy(color="never")
+    d.deployed = False
     assert destroyed.summary.result == "succeeded"
     # The chart's preStop hook ran `unregister --all-runners`: GitLab saw each manager leave.
     removed = {m.token for m in d.gitlab.managers_removed[managers_before:]}
