@@ -527,8 +527,15 @@ class GitlabCa(Section):
 class Readiness(Section):
     """`pulumi up` succeeds only when the runners are up."""
 
-    enabled: bool = key(True, False, "wait for healthy runner containers / ready runner pods")
-    timeout_seconds: int = key(300, 600, "how long to wait before failing", ge=10, le=ONE_DAY)
+    enabled: bool = key(
+        True,
+        False,
+        "wait for healthy runner containers / ready runner pods (Kubernetes: Helm's wait, a failed release "
+        "rolled back, uninstall waits); false: nothing waits, a failed release is left for you to inspect",
+    )
+    timeout_seconds: int = key(
+        300, 600, "how long to wait before failing (Kubernetes: Helm's timeout, for uninstall too)", ge=10, le=ONE_DAY
+    )
 
 
 class StackConfig(Section):
