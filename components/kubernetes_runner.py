@@ -283,8 +283,8 @@ class KubernetesRunner(pulumi.ComponentResource):
                 name=f"{runner.name}-runner",
                 chart=settings.chart.reference,
                 version=settings.chart.version,
-                repository_opts=kubernetes.helm.v3.RepositoryOptsArgs(repo=settings.chart.repository)
-                if settings.chart.repository
+                repository_opts=kubernetes.helm.v3.RepositoryOptsArgs(repo=settings.chart.index_repository)
+                if settings.chart.index_repository
                 else None,
                 namespace=self.namespace,
                 values=values,

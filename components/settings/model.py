@@ -22,6 +22,7 @@ PROJECT = "gitlab-runners"
 RUNNER_VERSION = "18.9.0"
 CHART_VERSION = "0.86.0"
 CHART_REPOSITORY = "https://charts.gitlab.io"
+CHART_NAME = "gitlab-runner"
 DEFAULT_JOB_IMAGE = "alpine:3.20.3"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 METRICS_PORT = 9252
@@ -45,6 +46,7 @@ VOLUME_PATTERN = r"^(/[^:\s]*|[^:\s]+:/[^:\s]*(:(ro|rw))?)$"
 LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+CHART_REPOSITORY_PATTERN = r"^(https?|oci)://[^\s/?#@]+(/[^\s?#]*)?$"
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 # A fleeting plugin at an exact release: [registry/][repository/]name:1.2.3.
 PLUGIN_PATTERN = r"^([a-z0-9.-]+(:[0-9]+)?/)?([a-z0-9._-]+/)*[a-z0-9._-]+:[0-9]+\.[0-9]+\.[0-9]+$"
@@ -70,6 +72,9 @@ PATTERN_HINTS = {
     LABEL_KEY_PATTERN: "must be a Kubernetes label key",
     LABEL_VALUE_PATTERN: "must be a Kubernetes label value",
     URL_PATTERN: "must be an http(s) URL without credentials, query or fragment",
+    CHART_REPOSITORY_PATTERN: (
+        "must be an http(s) chart repository or an oci:// registry path, without credentials, query or fragment"
+    ),
     PLATFORM_PATTERN: "must be a platform such as linux/amd64 or linux/arm64",
     DURATION_PATTERN: "must be a duration such as 20m or 1h30m",
     PLUGIN_PATTERN: "must be a fleeting plugin pinned to an exact release, such as gitlab/fleeting-plugin-aws:1.0.0",
@@ -400,8 +405,11 @@ class DockerTarget(Section):
 class Chart(Section):
     """Where the official gitlab-runner chart comes from."""
 
-    repository: Annotated[str, StringConstraints(pattern=r"^(https?|oci)://\S+$")] | None = key(
-        None, CHART_REPOSITORY, f"chart repository; default `{CHART_REPOSITORY}`"
+    repository: Annotated[str, StringConstraints(pattern=CHART_REPOSITORY_PATTERN)] | None = key(
+        None,
+        CHART_REPOSITORY,
+        f"chart repository (an index.yaml), or an oci:// registry path the chart `{CHART_NAME}` is under; "
+        f"default `{CHART_REPOSITORY}`",
     )
     version: Version | None = key(None, CHART_VERSION, f"exact chart version; default `{CHART_VERSION}`")
     path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
@@ -409,9 +417,23 @@ class Chart(Section):
     )
 
     @property
+    def is_oci(self) -> bool:
+        return self.repository is not None and self.repository.startswith("oci://")
+
+    @property
     def reference(self) -> str:
-        """What helm installs: the path on disk, else the chart's name in the repository."""
-        return self.path or "gitlab-runner"
+        """What helm installs: the path on disk, the chart's full oci:// reference (Helm pulls an OCI
+        chart by that reference, never through a repository index), else its name in the repository."""
+        if self.path is not None:
+            return self.path
+        if self.repository is not None and self.is_oci:
+            return f"{self.repository.rstrip('/')}/{CHART_NAME}"
+        return CHART_NAME
+
+    @property
+    def index_repository(self) -> str | None:
+        """The chart repository whose index.yaml helm reads, None for an OCI registry or a path."""
+        return None if self.is_oci else self.repository
 
 
 class Resources(Section):

@@ -234,6 +234,16 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "gitlab-runners:kubernetes.chart.version must be an exact release such as 1.2.3",
     ),
     (
+        "chart registry without a host",
+        {"target": "kubernetes", "kubernetes": {"chart": {"repository": "oci:///charts"}}},
+        "gitlab-runners:kubernetes.chart.repository must be an http(s) chart repository or an oci:// registry path",
+    ),
+    (
+        "chart registry with credentials",
+        {"target": "kubernetes", "kubernetes": {"chart": {"repository": "oci://ci:hunter2@registry.example.com/c"}}},
+        "gitlab-runners:kubernetes.chart.repository must be an http(s) chart repository or an oci:// registry path",
+    ),
+    (
         "replicas",
         {"target": "kubernetes", "kubernetes": {"replicas": -1}},
         "gitlab-runners:kubernetes.replicas must be at least 0, got -1",
@@ -282,6 +292,12 @@ def test_several_problems_reported_together() -> None:
         parse({"target": "docker", "gitlabUrl": "nope", "runners": [{"name": "A", "limit": -1}]})
     keys = {p.key for p in caught.value.problems}
     assert {"gitlab-runners:gitlabUrl", "gitlab-runners:runners[0].name", "gitlab-runners:runners[0].limit"} <= keys
+
+
+def test_credentials_in_a_url_are_never_echoed() -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse({"target": "kubernetes", "kubernetes": {"chart": {"repository": "oci://ci:hunter2@registry.example/c"}}})
+    assert "hunter2" not in str(caught.value) and "registry.example/c" in str(caught.value)
 
 
 def test_secret_value_never_echoed_in_errors() -> None:
