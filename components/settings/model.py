@@ -454,7 +454,9 @@ class Rbac(Section):
 
 class ServiceAccount(Section):
     create: bool = key(True, True, "create the runner manager's service account")
-    name: Name | None = key(None, "gitlab-runner", "its name; default the chart's")
+    name: Name | None = key(
+        None, "gitlab-runner", "its name; default the chart's; with create false and rbac.create, an existing account"
+    )
 
 
 class ServiceMonitor(Section):

@@ -39,6 +39,17 @@ def test_kubernetes_defaults() -> None:
     assert settings.kubernetes.resources.limits and settings.kubernetes.resources.requests
 
 
+@pytest.mark.parametrize(
+    "kubernetes",
+    [
+        {"serviceAccount": {"create": False, "name": "ci-manager"}},  # an existing account, bound by the Role
+        {"serviceAccount": {"create": False}, "rbac": {"create": False}},  # the namespace's default account
+    ],
+)
+def test_service_accounts_the_chart_can_run_with(kubernetes: dict[str, Any]) -> None:
+    assert parse({"target": "kubernetes", "kubernetes": kubernetes}).kubernetes is not None
+
+
 def test_full_runner() -> None:
     settings = parse(
         {
@@ -242,6 +253,12 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "chart registry with credentials",
         {"target": "kubernetes", "kubernetes": {"chart": {"repository": "oci://ci:hunter2@registry.example.com/c"}}},
         "gitlab-runners:kubernetes.chart.repository must be an http(s) chart repository or an oci:// registry path",
+    ),
+    (
+        "service account neither created nor named",
+        {"target": "kubernetes", "kubernetes": {"serviceAccount": {"create": False}}},
+        "gitlab-runners:kubernetes.serviceAccount.name is required with serviceAccount.create: false and "
+        "rbac.create: true",
     ),
     (
         "replicas",
