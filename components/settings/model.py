@@ -48,7 +48,10 @@ LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
 CHART_REPOSITORY_PATTERN = r"^(https?|oci)://[^\s/?#@]+(/[^\s?#]*)?$"
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
-# A fleeting plugin at an exact release: [registry/][repository/]name:1.2.3.
+# A fleeting plugin at an exact release: [registry/][repository/]name:1.2.3. `gitlab-runner fleeting
+# install` fills in registry.gitlab.com and the repository gitlab-org/fleeting/plugins, where GitLab's
+# own plugins are (aws, googlecloud, azure): aws:1.0.0 is registry.gitlab.com/gitlab-org/fleeting/plugins/aws.
+EXAMPLE_PLUGIN = "aws:1.0.0"
 PLUGIN_PATTERN = r"^([a-z0-9.-]+(:[0-9]+)?/)?([a-z0-9._-]+/)*[a-z0-9._-]+:[0-9]+\.[0-9]+\.[0-9]+$"
 CRON_PATTERN = r"^\S+( \S+){4,5}$"
 PLATFORM_PATTERN = r"^linux/(amd64|arm64|arm/v[67]|ppc64le|s390x|riscv64)$"
@@ -77,7 +80,7 @@ PATTERN_HINTS = {
     ),
     PLATFORM_PATTERN: "must be a platform such as linux/amd64 or linux/arm64",
     DURATION_PATTERN: "must be a duration such as 20m or 1h30m",
-    PLUGIN_PATTERN: "must be a fleeting plugin pinned to an exact release, such as gitlab/fleeting-plugin-aws:1.0.0",
+    PLUGIN_PATTERN: f"must be a fleeting plugin pinned to an exact release, such as {EXAMPLE_PLUGIN}",
     CRON_PATTERN: "must be a cron expression such as * 8-18 * * mon-fri",
     IP_PATTERN: "must be an IP address such as 127.0.0.1 or 0.0.0.0",
 }
@@ -192,7 +195,11 @@ class Autoscaler(Section):
     """`[runners.autoscaler]` for the docker-autoscaler and instance executors."""
 
     plugin: Annotated[str, StringConstraints(pattern=PLUGIN_PATTERN)] = key(
-        ..., "gitlab/fleeting-plugin-aws:1.0.0", "the fleeting plugin, at an exact release (installed into the image)"
+        ...,
+        EXAMPLE_PLUGIN,
+        "the fleeting plugin at an exact release, installed into the image by `gitlab-runner fleeting install`: "
+        "GitLab's `aws`, `googlecloud` or `azure` (from registry.gitlab.com/gitlab-org/fleeting/plugins), "
+        "or `[registry/]repository/name`",
     )
     capacity_per_instance: int = key(1, 2, "jobs an instance runs at once", ge=1, le=1000)
     max_use_count: int = key(0, 10, "jobs an instance runs before it is replaced; 0: no limit", ge=0, le=1_000_000)
@@ -281,7 +288,7 @@ class Runner(Section):
     )
     autoscaler: Autoscaler | None = key(
         None,
-        {"plugin": "gitlab/fleeting-plugin-aws:1.0.0", "maxInstances": 10},
+        {"plugin": EXAMPLE_PLUGIN, "maxInstances": 10},
         "docker-autoscaler and instance executors",
     )
     job_pods: JobPods | None = key(None, {"nodeSelector": {"kubernetes.io/arch": "amd64"}}, "kubernetes executor only")

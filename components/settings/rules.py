@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from components.settings.model import AUTOSCALING_EXECUTORS, EXECUTORS, PROJECT, StackConfig
+from components.settings.model import AUTOSCALING_EXECUTORS, EXAMPLE_PLUGIN, EXECUTORS, PROJECT, StackConfig
 from components.settings.problems import Problem
 
 # Runner attributes that only the GitLab API sets: a runner that brings its own token never reaches it.
@@ -101,7 +101,7 @@ def runner_problems(config: StackConfig) -> Iterator[Problem]:
             yield Problem(
                 _key(f"{at}.autoscaler"),
                 f"is required by the {executor} executor",
-                "autoscaler: {plugin: gitlab/fleeting-plugin-aws:1.0.0, maxInstances: 10, "
+                f"autoscaler: {{plugin: {EXAMPLE_PLUGIN}, maxInstances: 10, "
                 "connectorConfig: {username: ec2-user}, policies: [{idleCount: 1}]}",
             )
         elif executor not in AUTOSCALING_EXECUTORS and runner.autoscaler is not None:
