@@ -103,6 +103,29 @@ def fingerprint(*secrets: str) -> str:
 
 
 @dataclass(frozen=True)
+class ReleaseWait:
+    """What the readiness gate means for a Helm release.
+
+    On: install and upgrade wait (up to the timeout) for the runner pods to be ready, a release that
+    does not get there is rolled back (Helm's atomic), and uninstall waits for its objects to go.
+    Off: nothing waits, and a failed release is left as it is. The two switches move together: Helm
+    turns its wait back on whenever atomic is set, and the provider's uninstall waits when atomic is
+    set or the await is not skipped.
+    """
+
+    atomic: bool
+    skip_await: bool
+    timeout: int | None
+    """Seconds; None when nothing waits (the chart has no hooks for a timeout to bound)."""
+
+    @classmethod
+    def of(cls, readiness: Readiness) -> ReleaseWait:
+        if readiness.enabled:
+            return cls(atomic=True, skip_await=False, timeout=readiness.timeout_seconds)
+        return cls(atomic=False, skip_await=True, timeout=None)
+
+
+@dataclass(frozen=True)
 class ChartExtras:
     """The optional parts of a release's values."""
 
@@ -248,6 +271,7 @@ class KubernetesRunner(pulumi.ComponentResource):
             certs_secret=certs_secret,
             service_monitor=args.service_monitor,
         )
+        wait = ReleaseWait.of(args.readiness)
         self.release_names = {}
         for runner in args.runners:
             token = args.tokens[runner.name]
@@ -271,16 +295,15 @@ class KubernetesRunner(pulumi.ComponentResource):
                 name=f"{runner.name}-runner",
                 chart=settings.chart.reference,
                 version=settings.chart.version,
-                repository_opts=kubernetes.helm.v3.RepositoryOptsArgs(repo=settings.chart.repository)
-                if settings.chart.repository
+                repository_opts=kubernetes.helm.v3.RepositoryOptsArgs(repo=settings.chart.index_repository)
+                if settings.chart.index_repository
                 else None,
                 namespace=self.namespace,
                 values=values,
-                atomic=True,
                 cleanup_on_fail=True,
-                # The readiness gate: the release succeeds once the runner pods are ready.
-                skip_await=not args.readiness.enabled,
-                timeout=args.readiness.timeout_seconds,
+                atomic=wait.atomic,
+                skip_await=wait.skip_await,
+                timeout=wait.timeout,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[secret, *depends]),
             )
             self.release_names[runner.name] = release.name

@@ -22,6 +22,7 @@ PROJECT = "gitlab-runners"
 RUNNER_VERSION = "18.9.0"
 CHART_VERSION = "0.86.0"
 CHART_REPOSITORY = "https://charts.gitlab.io"
+CHART_NAME = "gitlab-runner"
 DEFAULT_JOB_IMAGE = "alpine:3.20.3"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 METRICS_PORT = 9252
@@ -45,8 +46,12 @@ VOLUME_PATTERN = r"^(/[^:\s]*|[^:\s]+:/[^:\s]*(:(ro|rw))?)$"
 LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+CHART_REPOSITORY_PATTERN = r"^(https?|oci)://[^\s/?#@]+(/[^\s?#]*)?$"
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
-# A fleeting plugin at an exact release: [registry/][repository/]name:1.2.3.
+# A fleeting plugin at an exact release: [registry/][repository/]name:1.2.3. `gitlab-runner fleeting
+# install` fills in registry.gitlab.com and the repository gitlab-org/fleeting/plugins, where GitLab's
+# own plugins are (aws, googlecloud, azure): aws:1.0.0 is registry.gitlab.com/gitlab-org/fleeting/plugins/aws.
+EXAMPLE_PLUGIN = "aws:1.0.0"
 PLUGIN_PATTERN = r"^([a-z0-9.-]+(:[0-9]+)?/)?([a-z0-9._-]+/)*[a-z0-9._-]+:[0-9]+\.[0-9]+\.[0-9]+$"
 CRON_PATTERN = r"^\S+( \S+){4,5}$"
 PLATFORM_PATTERN = r"^linux/(amd64|arm64|arm/v[67]|ppc64le|s390x|riscv64)$"
@@ -70,9 +75,12 @@ PATTERN_HINTS = {
     LABEL_KEY_PATTERN: "must be a Kubernetes label key",
     LABEL_VALUE_PATTERN: "must be a Kubernetes label value",
     URL_PATTERN: "must be an http(s) URL without credentials, query or fragment",
+    CHART_REPOSITORY_PATTERN: (
+        "must be an http(s) chart repository or an oci:// registry path, without credentials, query or fragment"
+    ),
     PLATFORM_PATTERN: "must be a platform such as linux/amd64 or linux/arm64",
     DURATION_PATTERN: "must be a duration such as 20m or 1h30m",
-    PLUGIN_PATTERN: "must be a fleeting plugin pinned to an exact release, such as gitlab/fleeting-plugin-aws:1.0.0",
+    PLUGIN_PATTERN: f"must be a fleeting plugin pinned to an exact release, such as {EXAMPLE_PLUGIN}",
     CRON_PATTERN: "must be a cron expression such as * 8-18 * * mon-fri",
     IP_PATTERN: "must be an IP address such as 127.0.0.1 or 0.0.0.0",
 }
@@ -187,7 +195,11 @@ class Autoscaler(Section):
     """`[runners.autoscaler]` for the docker-autoscaler and instance executors."""
 
     plugin: Annotated[str, StringConstraints(pattern=PLUGIN_PATTERN)] = key(
-        ..., "gitlab/fleeting-plugin-aws:1.0.0", "the fleeting plugin, at an exact release (installed into the image)"
+        ...,
+        EXAMPLE_PLUGIN,
+        "the fleeting plugin at an exact release, installed into the image by `gitlab-runner fleeting install`: "
+        "GitLab's `aws`, `googlecloud` or `azure` (from registry.gitlab.com/gitlab-org/fleeting/plugins), "
+        "or `[registry/]repository/name`",
     )
     capacity_per_instance: int = key(1, 2, "jobs an instance runs at once", ge=1, le=1000)
     max_use_count: int = key(0, 10, "jobs an instance runs before it is replaced; 0: no limit", ge=0, le=1_000_000)
@@ -276,7 +288,7 @@ class Runner(Section):
     )
     autoscaler: Autoscaler | None = key(
         None,
-        {"plugin": "gitlab/fleeting-plugin-aws:1.0.0", "maxInstances": 10},
+        {"plugin": EXAMPLE_PLUGIN, "maxInstances": 10},
         "docker-autoscaler and instance executors",
     )
     job_pods: JobPods | None = key(None, {"nodeSelector": {"kubernetes.io/arch": "amd64"}}, "kubernetes executor only")
@@ -400,8 +412,11 @@ class DockerTarget(Section):
 class Chart(Section):
     """Where the official gitlab-runner chart comes from."""
 
-    repository: Annotated[str, StringConstraints(pattern=r"^(https?|oci)://\S+$")] | None = key(
-        None, CHART_REPOSITORY, f"chart repository; default `{CHART_REPOSITORY}`"
+    repository: Annotated[str, StringConstraints(pattern=CHART_REPOSITORY_PATTERN)] | None = key(
+        None,
+        CHART_REPOSITORY,
+        f"chart repository (an index.yaml), or an oci:// registry path the chart `{CHART_NAME}` is under; "
+        f"default `{CHART_REPOSITORY}`",
     )
     version: Version | None = key(None, CHART_VERSION, f"exact chart version; default `{CHART_VERSION}`")
     path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
@@ -409,9 +424,23 @@ class Chart(Section):
     )
 
     @property
+    def is_oci(self) -> bool:
+        return self.repository is not None and self.repository.startswith("oci://")
+
+    @property
     def reference(self) -> str:
-        """What helm installs: the path on disk, else the chart's name in the repository."""
-        return self.path or "gitlab-runner"
+        """What helm installs: the path on disk, the chart's full oci:// reference (Helm pulls an OCI
+        chart by that reference, never through a repository index), else its name in the repository."""
+        if self.path is not None:
+            return self.path
+        if self.repository is not None and self.is_oci:
+            return f"{self.repository.rstrip('/')}/{CHART_NAME}"
+        return CHART_NAME
+
+    @property
+    def index_repository(self) -> str | None:
+        """The chart repository whose index.yaml helm reads, None for an OCI registry or a path."""
+        return None if self.is_oci else self.repository
 
 
 class Resources(Section):
@@ -432,7 +461,9 @@ class Rbac(Section):
 
 class ServiceAccount(Section):
     create: bool = key(True, True, "create the runner manager's service account")
-    name: Name | None = key(None, "gitlab-runner", "its name; default the chart's")
+    name: Name | None = key(
+        None, "gitlab-runner", "its name; default the chart's; with create false and rbac.create, an existing account"
+    )
 
 
 class ServiceMonitor(Section):
@@ -527,8 +558,15 @@ class GitlabCa(Section):
 class Readiness(Section):
     """`pulumi up` succeeds only when the runners are up."""
 
-    enabled: bool = key(True, False, "wait for healthy runner containers / ready runner pods")
-    timeout_seconds: int = key(300, 600, "how long to wait before failing", ge=10, le=ONE_DAY)
+    enabled: bool = key(
+        True,
+        False,
+        "wait for healthy runner containers / ready runner pods (Kubernetes: Helm's wait, a failed release "
+        "rolled back, uninstall waits); false: nothing waits, a failed release is left for you to inspect",
+    )
+    timeout_seconds: int = key(
+        300, 600, "how long to wait before failing (Kubernetes: Helm's timeout, for uninstall too)", ge=10, le=ONE_DAY
+    )
 
 
 class StackConfig(Section):

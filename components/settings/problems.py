@@ -21,6 +21,8 @@ from components.settings.model import EXECUTORS, PATTERN_HINTS, PROJECT, RETIRED
 
 # Anything shaped like a credential: GitLab tokens, private keys, long opaque strings.
 _SECRET_SHAPES = re.compile(r"(glrt-|glpat-|glptt-|gldt-|glsoat-|GR1348941|-----BEGIN|PRIVATE KEY)", re.I)
+# The user:password part of a URL.
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s@]+@")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ def show(value: Any) -> str:
             text = type(value).__name__
     if _SECRET_SHAPES.search(text):
         return "(a value shaped like a credential, not shown)"
+    text = _URL_CREDENTIALS.sub("(credentials, not shown)@", text)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

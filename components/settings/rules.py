@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from components.settings.model import AUTOSCALING_EXECUTORS, EXECUTORS, PROJECT, StackConfig
+from components.settings.model import AUTOSCALING_EXECUTORS, EXAMPLE_PLUGIN, EXECUTORS, PROJECT, StackConfig
 from components.settings.problems import Problem
 
 # Runner attributes that only the GitLab API sets: a runner that brings its own token never reaches it.
@@ -101,7 +101,7 @@ def runner_problems(config: StackConfig) -> Iterator[Problem]:
             yield Problem(
                 _key(f"{at}.autoscaler"),
                 f"is required by the {executor} executor",
-                "autoscaler: {plugin: gitlab/fleeting-plugin-aws:1.0.0, maxInstances: 10, "
+                f"autoscaler: {{plugin: {EXAMPLE_PLUGIN}, maxInstances: 10, "
                 "connectorConfig: {username: ec2-user}, policies: [{idleCount: 1}]}",
             )
         elif executor not in AUTOSCALING_EXECUTORS and runner.autoscaler is not None:
@@ -186,6 +186,16 @@ def target_problems(config: StackConfig) -> Iterator[Problem]:
             )
         if kubernetes.chart.path is not None and kubernetes.chart.repository is not None:
             yield Problem(_key("kubernetes.chart.path"), "and chart.repository are exclusive", "set only one of them")
+        account = kubernetes.service_account
+        if kubernetes.rbac.create and not account.create and account.name is None:
+            # The chart then binds its Role to, and runs the pods as, an account named after the
+            # release, which it does not create: the pods would never start.
+            yield Problem(
+                _key("kubernetes.serviceAccount.name"),
+                "is required with serviceAccount.create: false and rbac.create: true (the chart binds its Role "
+                "to a service account of that name and creates none)",
+                "serviceAccount: {create: false, name: gitlab-runner}  (an account that exists in the namespace)",
+            )
     if config.target == "kubernetes" and "host_address" in config.metrics.model_fields_set:
         yield Problem(
             _key("metrics.hostAddress"),

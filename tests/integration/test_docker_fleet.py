@@ -27,7 +27,7 @@ from tests.integration.docker_stack import docker_stack
 from tests.integration.local_cluster import free_port
 
 API_TOKEN = "glpat-" + secrets.token_hex(10)
-PLUGIN = "gitlab/fleeting-plugin-aws:1.0.0"
+PLUGIN = "aws:1.0.0"  # GitLab's AWS plugin, as `fleeting install` resolves it
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +96,13 @@ def test_a_fleet_of_two_hosts(engines: tuple[Engine, ExtraEngine], tmp_path_fact
             wait_for("the spread runner on both hosts", lambda: len(polled_from(gitlab, tokens["spread"])) == 2)
             for name in ("one", "two", "scale"):
                 wait_for(f"runner {name} to poll", functools.partial(polled_from, gitlab, tokens[name]))
-            # The autoscaling runner's host got its fleeting plugin installed into its image.
-            plugins = second.run("run", "--rm", "--entrypoint", "sh", stack.image, "-c", "ls -R $FLEETING_PLUGIN_PATH")
-            assert "1.0.0" in plugins.stdout
+            # The autoscaling runner's host got its fleeting plugin installed into its image, where the
+            # runner looks for aws:1.0.0.
+            installed = "$FLEETING_PLUGIN_PATH/registry.gitlab.com/gitlab-org/fleeting/plugins/aws/1.0.0/plugin"
+            found = second.run(
+                "run", "--rm", "--entrypoint", "sh", stack.image, "-c", f'test -x "{installed}"', check=False
+            )
+            assert found.returncode == 0, f"{installed} is not in the image"
             image = second.inspect("image", stack.image)
             assert image is not None and image["Config"]["Labels"]["io.gitlab-runners.fleeting-plugins"] == PLUGIN
             assert "[runners.autoscaler]" in stack.config_toml("autoscaler", second)

@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -28,13 +30,88 @@ func list(opts map[string]string) error {
 	return nil
 }
 
-// fleeting handles `fleeting [--config file] install|list`.
+// How the runner's fleeting installer completes a plugin reference (docs/fleet_scaling/fleeting.md at
+// v18.9.0, and commands/fleeting/fleeting_integration_test.go, which installs "aws:0.5.0" into
+// <plugin dir>/registry.gitlab.com/gitlab-org/fleeting/plugins/aws/0.5.0).
+const (
+	defaultPluginRegistry   = "registry.gitlab.com"
+	defaultPluginRepository = "gitlab-org/fleeting/plugins"
+)
+
+// publishedPlugins are the plugin repositories this double can "pull": GitLab's official plugins. The
+// real install asks the registry, which answers any other path under registry.gitlab.com (such as
+// gitlab/fleeting-plugin-aws) with not found; the double has no registry to ask and refuses them all.
+var publishedPlugins = map[string]bool{
+	"registry.gitlab.com/gitlab-org/fleeting/plugins/aws":         true,
+	"registry.gitlab.com/gitlab-org/fleeting/plugins/googlecloud": true,
+	"registry.gitlab.com/gitlab-org/fleeting/plugins/azure":       true,
+}
+
+var exactRelease = regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+$`)
+
+// pluginRef is a plugin reference with the installer's defaults filled in.
+type pluginRef struct {
+	registry, repository, name, version string
+}
+
+func (r pluginRef) path() string { return r.registry + "/" + r.repository + "/" + r.name }
+
+// parsePluginRef reads [registry/][repository/]name[:version]: a first part with a dot or a port (or
+// localhost) is a registry, as in image references; the version defaults to latest.
+func parsePluginRef(ref string) (pluginRef, error) {
+	path, version := ref, "latest"
+	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
+		path, version = ref[:i], ref[i+1:]
+	}
+	parts := strings.Split(path, "/")
+	for _, part := range parts {
+		if part == "" || version == "" {
+			return pluginRef{}, fmt.Errorf("invalid plugin reference %q", ref)
+		}
+	}
+	r := pluginRef{registry: defaultPluginRegistry, repository: defaultPluginRepository, version: version}
+	if len(parts) > 1 && (strings.ContainsAny(parts[0], ".:") || parts[0] == "localhost") {
+		r.registry, parts = parts[0], parts[1:]
+	}
+	r.name = parts[len(parts)-1]
+	if len(parts) > 1 {
+		r.repository = strings.Join(parts[:len(parts)-1], "/")
+	}
+	return r, nil
+}
+
+// installPlugin "pulls" a plugin into root and returns the installed file's path.
+func installPlugin(root, ref string) (string, error) {
+	r, err := parsePluginRef(ref)
+	if err != nil {
+		return "", err
+	}
+	if !publishedPlugins[r.path()] {
+		return "", fmt.Errorf("%s: repository not found (this double knows only GitLab's plugins: aws, googlecloud, azure)", r.path())
+	}
+	if !exactRelease.MatchString(r.version) {
+		// The real one picks the newest matching tag; the double has no tags to pick from.
+		return "", fmt.Errorf("%s:%s: only exact releases (1.2.3) are implemented by this test double", r.path(), r.version)
+	}
+	path := pluginPath(root, r)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return "", err
+	}
+	return path, os.WriteFile(path, []byte("stand-in for "+r.path()+":"+r.version+"\n"), 0o755)
+}
+
+func pluginPath(root string, r pluginRef) string {
+	return filepath.Join(root, filepath.FromSlash(r.path()), r.version, "plugin")
+}
+
+// fleeting handles `fleeting [--config file] install|list` as commands/fleeting does: every autoscaler
+// runner's plugin in turn, an error printed for each one that fails, and exit code 1 if any did.
 func fleeting(args []string) error {
 	opts := map[string]string{}
 	var action string
 	for i := 0; i < len(args); i++ {
 		switch {
-		case args[i] == "--config" && i+1 < len(args):
+		case (args[i] == "--config" || args[i] == "-c") && i+1 < len(args):
 			opts["config"] = args[i+1]
 			i++
 		case strings.HasPrefix(args[i], "--config="):
@@ -42,6 +119,9 @@ func fleeting(args []string) error {
 		case !strings.HasPrefix(args[i], "-"):
 			action = args[i]
 		}
+	}
+	if action != "install" && action != "list" {
+		return fmt.Errorf("fleeting: %q is not implemented by this test double", action)
 	}
 	config, _, err := loadConfig(configPath(opts))
 	if err != nil {
@@ -52,31 +132,39 @@ func fleeting(args []string) error {
 		home, _ := os.UserHomeDir()
 		root = filepath.Join(home, ".config", "fleeting", "plugins")
 	}
+	failed := 0
 	for _, runner := range config.Runners {
 		plugin, _ := runner.Autoscaler["plugin"].(string)
 		if plugin == "" {
 			continue
 		}
-		name, version, _ := strings.Cut(plugin, ":")
-		path := filepath.Join(root, name, version, "plugin")
-		switch action {
-		case "install":
-			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-				return err
-			}
-			if err := os.WriteFile(path, []byte("stand-in for "+plugin+"\n"), 0o755); err != nil {
-				return err
-			}
-		case "list":
-			if _, err := os.Stat(path); err != nil {
-				return fmt.Errorf("runner: %s, plugin: %s, error: not installed", runner.Name, plugin)
-			}
-		default:
-			return fmt.Errorf("fleeting: %q is not implemented by this test double", action)
+		var path string
+		var err error
+		if action == "install" {
+			path, err = installPlugin(root, plugin)
+		} else if r, parseErr := parsePluginRef(plugin); parseErr != nil {
+			err = parseErr
+		} else if path = pluginPath(root, r); !fileExists(path) {
+			err = errors.New("plugin not found")
+		}
+		if err != nil {
+			failed++
+			// The real command's wording, its doubled colon included.
+			what := map[string]string{"install": "install/update error:", "list": "error"}[action]
+			fmt.Fprintf(os.Stderr, "runner: %s, plugin: %s, %s: %v\n", runner.Name, plugin, what, err)
+			continue
 		}
 		fmt.Printf("runner: %s, plugin: %s, path: %s\n", runner.Name, plugin, path)
 	}
+	if failed > 0 {
+		return fmt.Errorf("fleeting %s: %d plugin(s) failed", action, failed)
+	}
 	return nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // verify asks GitLab about every runner of the config file, with the config's TLS settings and system id.

@@ -17,8 +17,11 @@
 //   - `verify` checks each runner of a config file with POST /api/v4/runners/verify and fails when
 //     GitLab refuses one, as the real verify does without --delete;
 //   - `fleeting --config <file> install` "installs" the fleeting plugins the file's autoscaler runners
-//     name: it records each pinned reference under FLEETING_PLUGIN_PATH instead of pulling the plugin
-//     from its OCI registry (none is reachable on the project's machines);
+//     name: it completes each reference as the runner's installer does (registry.gitlab.com,
+//     gitlab-org/fleeting/plugins) and writes a placeholder where the runner would find the plugin
+//     under FLEETING_PLUGIN_PATH, instead of pulling it from its OCI registry (none is reachable on the
+//     project's machines); a reference that names no plugin GitLab publishes fails, as the registry's
+//     not found makes the real one fail (`fleeting list` checks what is installed);
 //   - `--version` and `list` answer as the real ones do (list prints tokens, as the real one does).
 //
 // Docker-executor runners poll like the others but fail any job they are handed: running job

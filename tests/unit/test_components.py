@@ -251,6 +251,22 @@ def test_kubernetes_runner(mocks: RecordingMocks) -> None:
     assert resolve(component.namespace).value == "ci-runners"
 
 
+def test_an_oci_chart_is_pulled_by_its_reference_not_through_an_index(mocks: RecordingMocks) -> None:
+    # Helm pulls an OCI chart by its full reference; a repository URL would make it fetch an index.yaml.
+    _kubernetes(mocks, chart={"repository": "oci://registry.example.com/charts/", "version": "0.85.0"})
+    for release in mocks.by_type("kubernetes:helm.sh/v3:Release"):
+        assert release.inputs["chart"] == "oci://registry.example.com/charts/gitlab-runner"
+        assert release.inputs["version"] == "0.85.0"
+        assert "repositoryOpts" not in release.inputs
+
+
+def test_a_chart_archive_on_disk_has_no_repository(mocks: RecordingMocks) -> None:
+    _kubernetes(mocks, chart={"path": "./charts/gitlab-runner-0.86.0.tgz"})
+    for release in mocks.by_type("kubernetes:helm.sh/v3:Release"):
+        assert release.inputs["chart"] == "./charts/gitlab-runner-0.86.0.tgz"
+        assert "repositoryOpts" not in release.inputs and "version" not in release.inputs
+
+
 def test_concurrency_is_per_manager_pod(mocks: RecordingMocks) -> None:
     _kubernetes(mocks, replicas=3)
     values = {r.name: r.inputs["values"] for r in mocks.by_type("kubernetes:helm.sh/v3:Release")}

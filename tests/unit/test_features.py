@@ -211,13 +211,22 @@ def test_ssh_hosts_use_the_providers_wait(mocks: RecordingMocks) -> None:
     assert GATE_ASKED == []
 
 
+def _release_wait(mocks: RecordingMocks) -> tuple[Any, Any, Any]:
+    (release,) = mocks.by_type("kubernetes:helm.sh/v3:Release")
+    return release.inputs.get("atomic"), release.inputs.get("skipAwait"), release.inputs.get("timeout")
+
+
 def test_kubernetes_gate_is_the_release_wait(mocks: RecordingMocks) -> None:
     kubernetes(settings("kubernetes", readiness={"timeoutSeconds": 120}))
-    (release,) = mocks.by_type("kubernetes:helm.sh/v3:Release")
-    assert release.inputs["skipAwait"] is False and release.inputs["timeout"] == 120
-    mocks.resources.clear()
-    kubernetes(settings("kubernetes", readiness={"enabled": False}))
-    assert mocks.by_type("kubernetes:helm.sh/v3:Release")[0].inputs["skipAwait"] is True
+    # Waits for ready pods, rolls back a release that does not get there, and uninstall waits too.
+    assert _release_wait(mocks) == (True, False, 120)
+
+
+def test_kubernetes_gate_off_waits_for_nothing(mocks: RecordingMocks) -> None:
+    # Helm's atomic turns its wait back on, and the provider's uninstall waits while atomic is set:
+    # skipping the await alone would change nothing.
+    kubernetes(settings("kubernetes", readiness={"enabled": False, "timeoutSeconds": 120}))
+    assert _release_wait(mocks) == (False, True, None)
 
 
 def _api(version: str) -> tuple[int, int]:
