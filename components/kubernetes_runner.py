@@ -6,16 +6,24 @@ import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as kubernetes
 
-from components.runner_config import gitlab_host, manager_concurrency, render_chart_runner_toml
+from components.runner_config import (
+    gitlab_host,
+    manager_concurrency,
+    render_chart_global_toml,
+    render_chart_runner_toml,
+)
 from components.settings import GlobalSettings, KubernetesTarget, Runner
 from components.settings.model import Cache, Readiness, ServiceMonitor
 
 COMPONENT_TYPE = "gitlab-runners:index:KubernetesRunner"
+GLOBAL_CONFIG_SCRIPT = Path(__file__).resolve().parent / "files" / "global-config.sh"
+GLOBAL_TOML_END = "GITLAB_RUNNERS_GLOBAL_TOML"
 # The chart's image runs as this user (gitlab-runner in the official alpine image).
 RUNNER_UID = 100
 RUNNER_FS_GROUP = 65533
@@ -64,7 +72,7 @@ class KubernetesRunnerArgs:
     """Namespace, chart source and version, replicas, resources, RBAC, service account."""
 
     global_: GlobalSettings
-    """check interval, metrics, shutdown timeout (shared with the Docker target)."""
+    """check interval, metrics, shutdown timeout, extraGlobalConfig (shared with the Docker target)."""
 
     gitlab_url: str
     """The GitLab instance URL the runners talk to."""
@@ -92,6 +100,15 @@ class KubernetesRunnerArgs:
 
     service_monitor: ServiceMonitor = field(default_factory=ServiceMonitor)
     """The chart's Prometheus Operator ServiceMonitor."""
+
+
+def global_config_script(global_toml: str) -> str:
+    """The chart's pre-entrypoint script that puts config.toml's global part, rendered with
+    extraGlobalConfig, in place in the runner pod (components/files/global-config.sh)."""
+    # A TOML writer puts no line break inside a value, so no line of it can end the heredoc.
+    if GLOBAL_TOML_END in global_toml.splitlines():
+        raise ValueError(f"a line of the global TOML is the script's heredoc end, {GLOBAL_TOML_END}")
+    return GLOBAL_CONFIG_SCRIPT.read_text().replace("__GLOBAL_TOML__\n", global_toml)
 
 
 def fingerprint(*secrets: str) -> str:
@@ -206,6 +223,9 @@ def chart_values(
     }
     if extras.certs_secret is not None:
         values["certsSecretName"] = extras.certs_secret
+    global_toml = render_chart_global_toml(global_, runner)
+    if global_toml is not None:
+        values["preEntrypointScript"] = global_config_script(global_toml)
     return values
 
 

@@ -3,10 +3,15 @@
 Both targets use these functions so a Docker runner and a Kubernetes runner with the same settings
 are configured alike. They are pure: plain values in, TOML text out. Callers that pass real tokens
 wrap the result in a secret Output.
+
+The typed settings are rendered first; extraConfig and extraGlobalConfig (keys the settings checked
+against the runner's own key tree, never one a typed setting renders) are then laid over them, table
+by table.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,6 +20,18 @@ import tomli_w
 
 from components.settings import GlobalSettings, Runner
 from components.settings.model import Autoscaler, Cache, JobPods, JobResources
+
+
+def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` laid over it: a table merged key by key, any other value replaced."""
+    merged = dict(base)
+    for key, value in extra.items():
+        current = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            merged[key] = deep_merge(current, value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def _docker_section(runner: Runner) -> dict[str, Any]:
@@ -130,7 +147,7 @@ def runner_table(
     table["request_concurrency"] = runner.request_concurrency
     table["limit"] = runner.limit
     table.update(_executor_section(runner, namespace))
-    return table
+    return deep_merge(table, runner.extra_config)
 
 
 def gitlab_host(url: str) -> str:
@@ -178,6 +195,19 @@ def cache_table(cache: Cache, credentials: Mapping[str, str] | None = None) -> d
     return table
 
 
+def global_table(global_: GlobalSettings, concurrent: int, listen_address: str | None = None) -> dict[str, Any]:
+    """config.toml's global part: the typed settings, then extraGlobalConfig."""
+    document: dict[str, Any] = {
+        "concurrent": concurrent,
+        "check_interval": global_.check_interval,
+        "shutdown_timeout": global_.shutdown_timeout,
+        "log_level": global_.log_level,
+    }
+    if listen_address is not None:
+        document["listen_address"] = listen_address
+    return deep_merge(document, global_.extra)
+
+
 def render_config_toml(
     global_: GlobalSettings,
     runners: Sequence[Runner],
@@ -189,14 +219,7 @@ def render_config_toml(
     ca_file: str | None = None,
 ) -> str:
     """The complete config.toml of a runner manager serving `runners`."""
-    document: dict[str, Any] = {
-        "concurrent": manager_concurrency(global_, runners),
-        "check_interval": global_.check_interval,
-        "shutdown_timeout": global_.shutdown_timeout,
-        "log_level": global_.log_level,
-    }
-    if listen_address is not None:
-        document["listen_address"] = listen_address
+    document = global_table(global_, manager_concurrency(global_, runners), listen_address)
     tables = []
     for runner in runners:
         table = runner_table(runner, url, tokens[runner.name])
@@ -219,5 +242,22 @@ def render_chart_runner_toml(runner: Runner, namespace: str, cache: Cache | None
     table = runner_table(runner, namespace=namespace)
     if cache is not None:
         table["cache"] = cache_table(cache)
-    table["feature_flags"] = {"FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True}
-    return tomli_w.dumps({"runners": [table]})
+    table["feature_flags"] = {**table.get("feature_flags", {}), "FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True}
+    # The chart passes runners.config through Helm's `tpl`: a "{{" of a value (a script's
+    # `docker ps --format '{{.ID}}'`) would be taken for a template action.
+    return tomli_w.dumps({"runners": [table]}).replace("{{", '{{ "{{" }}')
+
+
+def render_chart_global_toml(global_: GlobalSettings, runner: Runner) -> str | None:
+    """config.toml's global part for a runner's chart release, when extraGlobalConfig adds to it.
+
+    The chart renders the global part itself, from values with no place for other keys, and its
+    registration takes only the [[runners]] entry of runners.config. So with extraGlobalConfig the whole
+    global part is rendered here, the chart's keys with the values chart_values gives the chart
+    (kubernetes_runner.py puts it in place in the pod). None without extraGlobalConfig: the chart's own
+    stays as it is.
+    """
+    if not global_.extra:
+        return None
+    listen_address = f":{global_.metrics_port}" if global_.metrics_enabled else None
+    return tomli_w.dumps(global_table(global_, manager_concurrency(global_, [runner]), listen_address))

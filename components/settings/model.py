@@ -295,6 +295,12 @@ class Runner(Section):
     hosts: list[Name] | None = key(
         None, ["build-1"], "Docker target: the hosts this runner runs on; default all", min_length=1
     )
+    extra_config: dict[str, Any] = key(
+        {},
+        {"docker": {"shm_size": 268435456}},
+        "any other key of this runner's `[[runners]]` entry in config.toml, nested tables (docker, kubernetes, ...) "
+        "included, merged into it; each key and value type is checked against gitlab-runner's own key tree",
+    )
 
 
 class Metrics(Section):
@@ -595,6 +601,11 @@ class StackConfig(Section):
         None, {"type": "s3", "s3": {"bucketName": "runner-cache"}}, "the distributed cache (S3, GCS or Azure)"
     )
     gitlab_ca: GitlabCa | None = key(None, {"file": "./certs/gitlab-ca.pem"}, "a private CA for a self-hosted GitLab")
+    extra_global_config: dict[str, Any] = key(
+        {},
+        {"log_format": "json"},
+        "any other key of config.toml's global part, merged into it; checked like a runner's extraConfig",
+    )
     runners: list[Runner] | None = key(
         None,
         [{"name": "docker-1", "executor": "docker"}],

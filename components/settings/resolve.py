@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from components.settings.model import (
     CHART_REPOSITORY,
@@ -40,6 +41,8 @@ class GlobalSettings:
     metrics_enabled: bool
     metrics_port: int
     metrics_host_address: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    """extraGlobalConfig: more global keys of config.toml, checked against the runner's key tree."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ def resolve_global(config: StackConfig, runners: tuple[Runner, ...]) -> GlobalSe
         metrics_enabled=config.metrics.enabled,
         metrics_port=config.metrics.port,
         metrics_host_address=config.metrics.host_address,
+        extra=dict(config.extra_global_config),
     )
 
 

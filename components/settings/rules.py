@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from components.settings import extra
 from components.settings.model import AUTOSCALING_EXECUTORS, EXAMPLE_PLUGIN, EXECUTORS, PROJECT, StackConfig
 from components.settings.problems import Problem
 
@@ -298,6 +299,7 @@ def problems(config: StackConfig, context: Context) -> list[Problem]:
         *docker_host_problems(config, context),
         *token_problems(config, context),
         *feature_problems(config, context),
+        *extra.problems(config),
     ]
 
 

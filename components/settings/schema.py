@@ -117,10 +117,12 @@ def _type(spec: dict[str, Any], defs: dict[str, Any]) -> str:
     return str(kind or "any")
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, inline: bool = False) -> str:
+    """A default or an example; objects whose keys are rows of their own are "(below)", maps inline."""
     if value is None:
         return ""
-    if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value)):
+    nested = isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value))
+    if nested and not inline:
         return "(below)"
     text = json.dumps(value) if not isinstance(value, str) else value
     return f"`{text}`"
@@ -135,8 +137,9 @@ def _rows(spec: dict[str, Any], defs: dict[str, Any], prefix: str) -> list[str]:
         default = field.get("default")
         example = (field.get("examples") or [None])[0]
         description = field.get("description", "")
-        example_text = "" if _cell(example) == "(below)" else f"; e.g. {_cell(example)}"
-        rows.append(f"| `{path}` | {_type(field, defs)} | {_cell(default)} | {description}{example_text} |")
+        is_map = resolved.get("type") == "object" and "properties" not in resolved
+        example_text = "" if _cell(example, is_map) == "(below)" else f"; e.g. {_cell(example, is_map)}"
+        rows.append(f"| `{path}` | {_type(field, defs)} | {_cell(default, is_map)} | {description}{example_text} |")
         if resolved.get("type") == "object" and "properties" in resolved:
             rows += _rows(resolved, defs, f"{path}.")
         items = _resolve(resolved.get("items", {}), defs) if resolved.get("type") == "array" else {}
