@@ -28,12 +28,18 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/user"
+	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 )
 
-// Set at build time: -ldflags "-X main.version=18.5.0".
+// Set at build time: -ldflags "-X main.version=18.9.0".
 var version = "0.0.0"
+
+// getuid is os.Getuid, replaceable in tests.
+var getuid = os.Getuid
 
 func main() {
 	args := os.Args[1:]
@@ -51,6 +57,8 @@ func main() {
 		err = register(flags(args[1:]))
 	case "verify":
 		err = verify(flags(args[1:]))
+	case "unregister":
+		err = unregister(flags(args[1:]))
 	case "fleeting":
 		err = fleeting(args[1:])
 	case "run":
@@ -89,6 +97,8 @@ func flags(args []string) map[string]string {
 	return parsed
 }
 
+// configPath is where a command reads (and register writes) config.toml, as the real runner picks it:
+// --config (-c), else CONFIG_FILE, else config.toml in the default config directory.
 func configPath(opts map[string]string) string {
 	if path := opts["config"]; path != "" {
 		return path
@@ -99,20 +109,46 @@ func configPath(opts map[string]string) string {
 	if path := os.Getenv("CONFIG_FILE"); path != "" {
 		return path
 	}
-	return "/etc/gitlab-runner/config.toml"
+	return filepath.Join(defaultConfigDir(), "config.toml")
+}
+
+// defaultConfigDir is commands/config_unix.go's getDefaultConfigDirectory: /etc/gitlab-runner for
+// root, else ~/.gitlab-runner with the home directory from $HOME (else the user database), else the
+// working directory. The certificate directory (certs/<host>.crt) lives under it too.
+func defaultConfigDir() string {
+	if getuid() == 0 {
+		return "/etc/gitlab-runner"
+	}
+	home := os.Getenv("HOME")
+	if home == "" {
+		if current, err := user.Current(); err == nil {
+			home = current.HomeDir
+		}
+	}
+	if home != "" {
+		return filepath.Join(home, ".gitlab-runner")
+	}
+	if dir, err := os.Getwd(); err == nil {
+		return dir
+	}
+	return "."
 }
 
 func logf(level, format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "%-7s %s\n", level+":", fmt.Sprintf(format, args...))
 }
 
-// shortToken is how the real runner names a runner in logs and metrics: 9 characters after the prefix.
+// tokenPrefixes are the prefixes helpers.ShortenToken strips before it keeps 9 characters.
+var tokenPrefixes = []*regexp.Regexp{
+	regexp.MustCompile(`^glrt-(t[123]_)?|^t[123]_|^glrtr-`),
+	regexp.MustCompile(`^glcbt-`),
+	regexp.MustCompile(`^GR[0-9A-Fa-f]{7}`),
+}
+
+// shortToken is how the real runner names a runner in logs, metrics and job resource names.
 func shortToken(token string) string {
-	for _, prefix := range []string{"glrt-t1_", "glrt-t2_", "glrt-t3_", "glrt-"} {
-		if strings.HasPrefix(token, prefix) {
-			token = token[len(prefix):]
-			break
-		}
+	for _, prefix := range tokenPrefixes {
+		token = prefix.ReplaceAllString(token, "")
 	}
 	if len(token) > 9 {
 		token = token[:9]
