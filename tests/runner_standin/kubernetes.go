@@ -33,9 +33,12 @@ package main
 // pull policy (the job's, else pull_policy; the next one is tried after an image pull failure), the
 // shell-detecting `sh -c` with stdin open, the resources and privileged setting of config.toml, the
 // job's variables as its environment. The stage script ends with a trap that writes the exit status as
-// a JSON line into the log, which is how the real runner learns it. A 403 from any call fails the job
-// with the API's message in the job log. With FF_USE_LEGACY_KUBERNETES_EXECUTION_STRATEGY on, the
-// script runs through one exec instead (its output and exit code from the exec stream).
+// a JSON line into the log, which is how the real runner learns it. A 403 on a namespace, Secret,
+// pod, exec or attach call fails the job with the API's message in the job log, as in the real runner;
+// there a refused service account get counts as a missing account (the check times out), refused
+// list/watch only turn the informers off with a warning, and a refused events list prints nothing.
+// With FF_USE_LEGACY_KUBERNETES_EXECUTION_STRATEGY on, the script runs through one exec instead (its
+// output and exit code from the exec stream).
 //
 // Simplified (a test double; no helper image exists here): no helper container and no init-permissions
 // container (the first exec touches the log file they would), so the log file is followed by `tail`
