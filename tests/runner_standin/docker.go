@@ -222,7 +222,7 @@ func (m *manager) runDocker(config *Config, runner RunnerConfig, job *jobPayload
 
 	random := make([]byte, 4)
 	_, _ = rand.Read(random)
-	slot := 0 // the runner's concurrent slot for the project; the random part keeps names apart here
+	slot := job.slot // the build's ProjectRunnerID (its concurrent slot for the project)
 	name := fmt.Sprintf("runner-%s-project-%d-concurrent-%d-%s-build",
 		strings.ToLower(shortToken(runner.Token)), job.JobInfo.ProjectID, slot, hex.EncodeToString(random))
 	labels := map[string]string{
