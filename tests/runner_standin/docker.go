@@ -263,6 +263,11 @@ func (m *manager) runDocker(config *Config, runner RunnerConfig, job *jobPayload
 		"Image": image, "Cmd": []string{"sh", "-c", jobScript(job)}, "Env": env, "Labels": prefixed,
 		"WorkingDir": "/builds", "Volumes": anonymous, "HostConfig": host,
 	}
+	// The job's `image: entrypoint:` replaces the image's own (executors/docker overwriteEntrypoint);
+	// without it the image's entrypoint runs the script, as with the real runner.
+	if len(job.Image.Entrypoint) > 0 {
+		body["Entrypoint"] = job.Image.Entrypoint
+	}
 	var created struct {
 		ID string `json:"Id"`
 	}

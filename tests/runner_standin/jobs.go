@@ -38,6 +38,7 @@ type jobPayload struct {
 	} `json:"runner_info"`
 	Image struct {
 		Name       string   `json:"name"`
+		Entrypoint []string `json:"entrypoint"`
 		PullPolicy []string `json:"pull_policy"`
 	} `json:"image"`
 	Variables []struct {
