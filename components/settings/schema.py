@@ -44,9 +44,19 @@ def stack_file_schema() -> dict[str, Any]:
     for name, doc in SECRET_KEYS.items():
         config_properties[f"{PROJECT}:{name}"] = {
             "description": f"{doc} (secret)",
+            # One secret, an object of them, or an object of objects of them (runnerTokens per host,
+            # dockerTls per host), as `pulumi config set --secret --path` writes them.
             "anyOf": [
                 {"$ref": "#/$defs/Secure"},
-                {"type": "object", "additionalProperties": {"$ref": "#/$defs/Secure"}},
+                {
+                    "type": "object",
+                    "additionalProperties": {
+                        "anyOf": [
+                            {"$ref": "#/$defs/Secure"},
+                            {"type": "object", "additionalProperties": {"$ref": "#/$defs/Secure"}},
+                        ]
+                    },
+                },
             ],
         }
     config_properties["gitlab:token"] = {
