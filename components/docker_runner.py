@@ -54,6 +54,9 @@ class DockerRunnerArgs:
     socket_path: str | None
     """The Docker socket on the host, mounted for the docker executor; None mounts none."""
 
+    shared_tokens: frozenset[str] = frozenset()
+    """Runners whose token runner managers on other hosts hold too: their automatic rotation is off."""
+
     network_mode: str = "bridge"
     """`bridge`, or `host` to reach services on the host's loopback."""
 
@@ -143,6 +146,7 @@ class DockerRunner(pulumi.ComponentResource):
                     cache=args.cache,
                     cache_credentials=parts[1] or None,
                     ca_file=ca_file,
+                    shared_tokens=args.shared_tokens,
                 )
             )
         )

@@ -50,9 +50,13 @@ def table(plan: dict[str, Any]) -> str:
                 runners[name]["where"].append(f"release {release} in namespace {cluster.get('namespace')}")
     lines = ["| runner | runs on | executor | tags | in GitLab |", "|---|---|---|---|---|"]
     for name, runner in sorted(runners.items()):
-        created = runner.get("registration") == "created"
+        # "created", "existing token", each possibly followed by ", one per host" and the like.
+        how, _, detail = str(runner.get("registration") or "").partition(", ")
+        created = how == "created"
         tags = show(runner.get("tags")) if created else "(kept in GitLab)"
         gitlab = "created by the stack" if created else "brings its own token"
+        if detail:
+            gitlab += f" ({detail})"
         where = "; ".join(runner["where"]) or "(nowhere yet)"
         lines.append(f"| {name} | {where} | {show(runner.get('executor'))} | {tags} | {gitlab} |")
     summary = plan.get("changeSummary") or {}
