@@ -67,7 +67,7 @@ CHANGES: list[tuple[str, Change]] = [
     ("readiness.timeoutSeconds", lambda v: v["readiness"].update(timeoutSeconds=600)),
     (
         "cache",
-        lambda v: v.update(cache={"type": "s3", "s3": {"bucketName": "c", "authenticationType": "iam"}}),
+        lambda v: v.update(cache={"type": "s3", "s3": {"bucketName": "runner-cache", "authenticationType": "iam"}}),
     ),
     ("metrics.enabled", lambda v: v["metrics"].update(enabled=False)),
     ("metrics.port", lambda v: v["metrics"].update(port=v["metrics"]["port"] + 10)),
@@ -93,7 +93,7 @@ CHANGES: list[tuple[str, Change]] = [
     ("docker.prebuiltImage", lambda v: v["docker"].update(image=None, prebuiltImage="example.com/runner:18.9.0")),
     ("docker.hosts[*].networkMode", lambda v: _host(v, networkMode="bridge")),
     ("docker.hosts[*].socketPath", lambda v: _host(v, socketPath="/run/other/docker.sock")),
-    ("docker.hosts[*].platform", lambda v: _host(v, platform="linux/amd64")),
+    ("docker.hosts[*].platform", lambda v: _host(v, platform="linux/arm64")),
     ("docker.hosts[*].metricsPort", lambda v: _host(v, metricsPort=v["metrics"]["port"] + 20)),
 ]
 
