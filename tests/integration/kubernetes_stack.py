@@ -14,6 +14,7 @@ from components.settings import RUNNER_VERSION
 from tests.gitlab_double.server import GitLabDouble, serve
 from tests.integration.docker_engine import Engine, base_image, start_engine
 from tests.integration.local_cluster import Cluster
+from tests.integration.local_node import SANDBOX_IMAGE
 
 # The image the official chart runs (its values' default registry/image and alpine-v<appVersion> tag):
 # on the node it is the runner base image holding the stand-in, loaded under that name.
@@ -24,13 +25,16 @@ def alpine_like(engine: Engine, base: str) -> str:
     """The base image laid out as the official alpine image the chart runs: its `gitlab-runner` user
     is uid 100 (the chart's runAsUser), with its home (the ubuntu image, and the base, use 999; Debian
     gives uid 100 to `_apt`, which moves aside)."""
-    tag = f"{base}-uid{RUNNER_UID}"
+    dockerfile = (
+        f"FROM {base}\n"
+        f"RUN usermod --uid 4100 _apt && usermod --uid {RUNNER_UID} gitlab-runner"
+        " && chown -R gitlab-runner /home/gitlab-runner\n"
+    )
+    return _build(engine, f"{base}-uid{RUNNER_UID}", dockerfile)
+
+
+def _build(engine: Engine, tag: str, dockerfile: str) -> str:
     if engine.run("image", "inspect", tag, check=False).returncode != 0:
-        dockerfile = (
-            f"FROM {base}\n"
-            f"RUN usermod --uid 4100 _apt && usermod --uid {RUNNER_UID} gitlab-runner"
-            " && chown -R gitlab-runner /home/gitlab-runner\n"
-        )
         subprocess.run(
             [engine.cli, "-H", engine.host, "build", "--quiet", "--tag", tag, "-"],
             input=dockerfile.encode(),
@@ -41,6 +45,12 @@ def alpine_like(engine: Engine, base: str) -> str:
     return tag
 
 
+def pause_image(engine: Engine, base: str) -> str:
+    """The pods' sandbox image (the pause container): waits for a stop signal and exits on it."""
+    entrypoint = '["/bin/sh", "-c", "trap \'exit 0\' TERM INT; while :; do sleep 1; done"]'
+    return _build(engine, f"{base}-pause", f"FROM {base}\nENTRYPOINT {entrypoint}\nCMD []\n")
+
+
 def load_node_images(cluster: Cluster) -> str:
     """Put the runner base image on the node as the chart's runner image (laid out as the alpine
     image) and as itself (the job image); returns the job image's name. With kwok nothing runs, so
@@ -48,8 +58,8 @@ def load_node_images(cluster: Cluster) -> str:
     engine = start_engine()
     base = base_image(engine)
     if cluster.node_handle is not None:
-        chart_image = alpine_like(engine, base)
-        cluster.node_handle.load_images([engine.cli, "-H", engine.host], [(chart_image, CHART_IMAGE), (base, base)])
+        images = [(pause_image(engine, base), SANDBOX_IMAGE), (alpine_like(engine, base), CHART_IMAGE), (base, base)]
+        cluster.node_handle.load_images([engine.cli, "-H", engine.host], images)
     return base
 
 

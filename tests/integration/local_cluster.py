@@ -164,7 +164,11 @@ def local_cluster(bin_dir: Path, work: Path, require_node: bool = False) -> Iter
             # Pods reach the API server through the `kubernetes` Service (kube-proxy) at the advertised
             # address on the pod network; the tests' clients keep 127.0.0.1.
             *(
-                ["--bind-address=0.0.0.0", f"--advertise-address={network.gateway}"]
+                [
+                    "--bind-address=0.0.0.0",
+                    f"--advertise-address={network.gateway}",
+                    "--kubelet-preferred-address-types=InternalIP",
+                ]
                 if network
                 else ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]
             ),

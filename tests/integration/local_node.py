@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from tests.integration.local_cluster import Cluster
 
 CNI_BIN = Path("/usr/lib/cni")
-SANDBOX_IMAGE = "gitlab-runners-test/pause:1"
+# Fully qualified: the CRI plugin looks the pinned sandbox image up by its exact name.
+SANDBOX_IMAGE = "localhost/gitlab-runners-test/pause:1"
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ class Node:
                     "k8s.io",
                     "images",
                     "import",
+                    # Through the image service, whose events tell the CRI plugin about the image (an
+                    # import by the transfer service stores it unseen by the CRI: "not found").
+                    "--local",
                     "--platform",
                     "linux/amd64",
                     "-",
@@ -112,8 +116,19 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def _lacks_sys_resource() -> bool:
+    """Whether this process lacks CAP_SYS_RESOURCE (bit 24 of its effective capabilities)."""
+    status = Path("/proc/self/status").read_text()
+    effective = int(status.split("CapEff:")[1].split()[0], 16)
+    return not effective >> 24 & 1
+
+
 def _containerd_config(work: Path, network: PodNetwork) -> Path:
     cni = work / "cni"
+    # Every registry resolves to a closed port on 127.0.0.1: an image missing from the node fails at
+    # once instead of reaching for the network (images are imported, never pulled).
+    registries = work / "registries"
+    _write(registries / "_default" / "hosts.toml", 'server = "http://127.0.0.1:9"\n')
     _write(
         cni / "10-pods.conflist",
         json.dumps(
@@ -125,6 +140,8 @@ def _containerd_config(work: Path, network: PodNetwork) -> Path:
                         "type": "bridge",
                         "bridge": network.bridge,
                         "isGateway": True,
+                        # A default route to this machine, so the kubernetes Service (kube-proxy DNAT) is reachable.
+                        "isDefaultGateway": True,
                         "ipMasq": False,
                         "ipam": {
                             "type": "host-local",
@@ -148,6 +165,12 @@ state = "{work / "containerd" / "state"}"
   address = "{work / "containerd" / "containerd.sock.ttrpc"}"
 [plugins.'io.containerd.cri.v1.images'.pinned_images]
   sandbox = "{SANDBOX_IMAGE}"
+[plugins.'io.containerd.cri.v1.images'.registry]
+  config_path = "{registries}"
+# Without CAP_SYS_RESOURCE (as on these machines) no process may lower its oom_score_adj, which
+# kubelet asks for pod sandboxes: cap every request at containerd's own, as rootless set-ups do.
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = {"true" if _lacks_sys_resource() else "false"}
 [plugins.'io.containerd.cri.v1.runtime'.cni]
   bin_dirs = ["{CNI_BIN}"]
   conf_dir = "{cni}"
