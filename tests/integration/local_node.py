@@ -198,6 +198,7 @@ def _kubelet_config(work: Path, network: PodNetwork, socket: Path, ports: tuple[
         "authorization": {"mode": "AlwaysAllow"},
         "failSwapOn": False,
         "resolvConf": "/etc/resolv.conf",
+        "podLogsDir": str(work / "pod-logs"),
         "serializeImagePulls": False,
         "maxPods": 40,
         # A shared build machine's disk is not this node's to police: no evictions, no image GC.
