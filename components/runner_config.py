@@ -107,6 +107,9 @@ def _kubernetes_section(runner: Runner, namespace: str | None) -> dict[str, Any]
         ("cpu_request_overwrite_max_allowed", pods.max_cpu_request),
         ("memory_request_overwrite_max_allowed", pods.max_memory_request),
         ("service_account", pods.service_account),
+        # Resolved settings: a mirrored helper with the tag of the job pods' architecture (placement.py).
+        ("helper_image", pods.helper_image),
+        ("helper_image_flavor", pods.helper_image_flavor),
     ):
         if value is not None:
             section[key] = value

@@ -101,6 +101,8 @@ RUNNER_OWNED: dict[tuple[str, ...], Owner] = {
     ("kubernetes", "service_account"): _runner("jobPods", "serviceAccount"),
     ("kubernetes", "node_selector"): _runner("jobPods", "nodeSelector"),
     ("kubernetes", "node_tolerations"): _runner("jobPods", "tolerations"),
+    ("kubernetes", "helper_image"): _runner("jobPods", "helperImage"),
+    ("kubernetes", "helper_image_flavor"): _runner("jobPods", "helperImageFlavor"),
     ("kubernetes", "cpu_limit_overwrite_max_allowed"): _runner("jobPods", "maxCpuLimit"),
     ("kubernetes", "memory_limit_overwrite_max_allowed"): _runner("jobPods", "maxMemoryLimit"),
     ("kubernetes", "cpu_request_overwrite_max_allowed"): _runner("jobPods", "maxCpuRequest"),

@@ -56,6 +56,13 @@ PLUGIN_PATTERN = r"^([a-z0-9.-]+(:[0-9]+)?/)?([a-z0-9._-]+/)*[a-z0-9._-]+:[0-9]+
 CRON_PATTERN = r"^\S+( \S+){4,5}$"
 PLATFORM_PATTERN = r"^linux/(amd64|arm64|arm/v[67]|ppc64le|s390x|riscv64)$"
 IP_PATTERN = r"^([0-9]{1,3}\.){3}[0-9]{1,3}$|^\[?[0-9a-fA-F:]+\]?$"
+# An image repository without a tag ([registry[:port]/]path), or a full reference with a tag or digest.
+HELPER_IMAGE_PATTERN = (
+    r"^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._/-][a-z0-9]+)*"
+    r"(:[A-Za-z0-9_${}][A-Za-z0-9_.${}-]{0,127}|@sha256:[0-9a-f]{64})?$"
+)
+# A Kubernetes object name (DNS subdomain), as a PriorityClass's.
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 
 # What a pattern means, in the words the error messages use.
 PATTERN_HINTS = {
@@ -83,6 +90,8 @@ PATTERN_HINTS = {
     PLUGIN_PATTERN: f"must be a fleeting plugin pinned to an exact release, such as {EXAMPLE_PLUGIN}",
     CRON_PATTERN: "must be a cron expression such as * 8-18 * * mon-fri",
     IP_PATTERN: "must be an IP address such as 127.0.0.1 or 0.0.0.0",
+    HELPER_IMAGE_PATTERN: ("must be an image repository (the stack adds the tag) or a reference with a tag or digest"),
+    DNS_SUBDOMAIN_PATTERN: "must be a Kubernetes object name (lower-case letters, digits, dashes and dots)",
 }
 
 # Bounds: what config.toml, GitLab and Kubernetes accept, and far below a 64-bit overflow.
@@ -111,6 +120,10 @@ Scope = Literal["instance", "group", "project"]
 AccessLevel = Literal["not_protected", "ref_protected"]
 PullPolicy = Literal["always", "if-not-present", "never"]
 LogLevel = Literal["debug", "info", "warn", "error", "fatal", "panic"]
+# The helper image flavours runner 18.9.0 publishes (docs/configuration/advanced-configuration.md).
+HelperFlavor = Literal["alpine", "alpine3.21", "alpine-latest", "ubuntu", "ubi-fips"]
+TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""]
+TolerationKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")]
 EXECUTORS: dict[str, tuple[str, ...]] = {
     "docker": ("docker", "shell", "docker-autoscaler", "instance"),
     "kubernetes": ("kubernetes",),
@@ -221,15 +234,24 @@ class JobPods(Section):
     )
     namespace_per_job: bool = key(False, False, "a namespace of its own per job (needs cluster-wide RBAC)")
     node_selector: dict[LabelKey, LabelValue] = key({}, {"kubernetes.io/arch": "amd64"}, "nodes the job pods run on")
-    tolerations: dict[
-        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")],
-        Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""],
-    ] = key({}, {"ci=true": "NoSchedule"}, "taints the job pods tolerate, `key[=value]: effect`")
+    tolerations: dict[TolerationKey, TaintEffect] = key(
+        {}, {"ci=true": "NoSchedule"}, "taints the job pods tolerate, `key[=value]: effect`"
+    )
     service_account: Name | None = key(None, "ci-jobs", "the job pods' service account")
     max_cpu_limit: Quantity | None = key(None, "4", "the most CPU a job may ask for (KUBERNETES_CPU_LIMIT)")
     max_memory_limit: Quantity | None = key(None, "8Gi", "the most memory a job may ask for (KUBERNETES_MEMORY_LIMIT)")
     max_cpu_request: Quantity | None = key(None, "2", "the largest CPU request a job may set")
     max_memory_request: Quantity | None = key(None, "4Gi", "the largest memory request a job may set")
+    helper_image: Annotated[str, StringConstraints(pattern=HELPER_IMAGE_PATTERN, max_length=512)] | None = key(
+        None,
+        "registry.example.com/gitlab-org/gitlab-runner/gitlab-runner-helper",
+        "a mirror of the helper image: a repository, to which the stack adds the tag the runner would pull "
+        "(`[flavor-]<arch>-v${CI_RUNNER_VERSION}`, the job pods' architecture), or a full reference used as it is; "
+        "default the runner's own choice from registry.gitlab.com",
+    )
+    helper_image_flavor: HelperFlavor | None = key(
+        None, "ubuntu", "the helper image's flavour (config.toml helper_image_flavor); default `alpine`"
+    )
 
 
 class JobResources(Section):
@@ -478,6 +500,59 @@ class ServiceMonitor(Section):
     labels: dict[LabelKey, LabelValue] = key({}, {"release": "prometheus"}, "labels the Prometheus selects on")
 
 
+class TopologySpread(Section):
+    """One topology spread constraint of the runner manager pods."""
+
+    max_skew: int = key(1, 1, "the most the pod counts of two domains may differ by", ge=1, le=1000)
+    topology_key: LabelKey = key(
+        ..., "topology.kubernetes.io/zone", "the node label whose values are the domains to spread over"
+    )
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"] = key(
+        "DoNotSchedule", "ScheduleAnyway", "what the scheduler does when it cannot keep the skew"
+    )
+    match_labels: dict[LabelKey, LabelValue] | None = key(
+        None, {"app.kubernetes.io/part-of": "gitlab-runners"}, "the pods counted; default this runner's manager pods"
+    )
+
+
+class ManagerPods(Section):
+    """Where the runner manager pods run, apart from the job pods (`runners[*].jobPods`)."""
+
+    node_selector: dict[LabelKey, LabelValue] = key(
+        {}, {"node-role.kubernetes.io/ci-control": "true"}, "nodes the manager pods run on (chart nodeSelector)"
+    )
+    tolerations: dict[TolerationKey, TaintEffect] = key(
+        {}, {"dedicated=ci": "NoSchedule"}, "taints the manager pods tolerate, `key[=value]: effect`"
+    )
+    affinity: dict[Literal["nodeAffinity", "podAffinity", "podAntiAffinity"], dict[str, Any]] = key(
+        {},
+        {
+            "nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 50,
+                        "preference": {
+                            "matchExpressions": [
+                                {"key": "node.kubernetes.io/lifecycle", "operator": "NotIn", "values": ["spot"]}
+                            ]
+                        },
+                    }
+                ]
+            }
+        },
+        "a pod spec's affinity, as Kubernetes writes it (chart affinity)",
+    )
+    priority_class_name: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN)] | None = key(
+        None, "ci-critical", "the manager pods' PriorityClass, which must exist (chart priorityClassName)"
+    )
+    topology_spread_constraints: list[TopologySpread] = key(
+        [],
+        [{"topologyKey": "topology.kubernetes.io/zone"}],
+        "spread each runner's manager pods over zones or nodes (chart topologySpreadConstraints)",
+        max_length=8,
+    )
+
+
 class KubernetesTarget(Section):
     """The Kubernetes target: the official chart, one release per runner."""
 
@@ -490,6 +565,11 @@ class KubernetesTarget(Section):
     chart: Chart = key(Chart(), {"version": CHART_VERSION}, "the chart's source")
     replicas: int = key(1, 1, "runner manager pods per runner", ge=0, le=50)
     resources: Resources = key(Resources(), {"requests": {"cpu": "100m"}}, "the runner manager pod's resources")
+    manager_pods: ManagerPods = key(
+        ManagerPods(),
+        {"nodeSelector": {"kubernetes.io/arch": "amd64"}},
+        "where the runner manager pods run (the job pods: runners[*].jobPods)",
+    )
     rbac: Rbac = key(Rbac(), {"create": True}, "the chart's RBAC")
     service_account: ServiceAccount = key(ServiceAccount(), {"create": True}, "the chart's service account")
     kubeconfig: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(

@@ -24,6 +24,7 @@ from components.settings.model import (
     StackConfig,
     Target,
 )
+from components.settings.placement import resolve_job_pods
 from components.settings.problems import Problem
 
 
@@ -109,6 +110,10 @@ def resolve_runners(config: StackConfig, stack: str) -> tuple[Runner, ...]:
                     if executor in ("docker", "docker-autoscaler")
                     else [],
                     "hosts": (runner.hosts or all_hosts) if config.target == "docker" else [],
+                    # The job pods pinned to the architecture of the helper the runner pulls for them.
+                    "job_pods": resolve_job_pods(runner, config.kubernetes)
+                    if executor == "kubernetes"
+                    else runner.job_pods,
                 }
             )
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from components.settings import extra
+from components.settings import extra, placement
 from components.settings.model import AUTOSCALING_EXECUTORS, EXAMPLE_PLUGIN, EXECUTORS, PROJECT, StackConfig
 from components.settings.problems import Problem
 
@@ -300,6 +300,7 @@ def problems(config: StackConfig, context: Context) -> list[Problem]:
         *token_problems(config, context),
         *feature_problems(config, context),
         *extra.problems(config),
+        *placement.problems(config),
     ]
 
 
