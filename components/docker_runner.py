@@ -32,6 +32,42 @@ DELETE_MARGIN_SECONDS = 300
 
 
 @dataclass(frozen=True)
+class SessionEndpoint:
+    """Where a runner container serves the web terminal, and the address it tells GitLab."""
+
+    port: int
+    """The session port, inside the container and on the host alike."""
+
+    advertise_address: str
+    """host:port GitLab connects to (config.toml advertise_address; the runner's TLS certificate names the host)."""
+
+    timeout: int
+    """Seconds a terminal stays open after its job ends."""
+
+    host_address: str = "0.0.0.0"  # noqa: S104 - GitLab must reach it
+    """The host address the port is published on (bridge) or listened on (host network)."""
+
+    def listen_address(self, network_mode: str) -> str:
+        """config.toml listen_address: every address of the container's own network namespace (bridge;
+        the published port is what limits it), else the host address asked for."""
+        if network_mode == "host":
+            address = self.host_address
+            return (
+                f"[{address}]:{self.port}"
+                if ":" in address and not address.startswith("[")
+                else f"{address}:{self.port}"
+            )
+        return f"0.0.0.0:{self.port}"
+
+    def table(self, network_mode: str) -> dict[str, str | int]:
+        return {
+            "listen_address": self.listen_address(network_mode),
+            "advertise_address": self.advertise_address,
+            "session_timeout": self.timeout,
+        }
+
+
+@dataclass(frozen=True)
 class DockerRunnerArgs:
     container_name: str
     """The runner container's name; its config volume is `<name>-config`, the sync container `<name>-sync`."""
@@ -93,6 +129,9 @@ class DockerRunnerArgs:
     engine: Engine | None = None
     """How the readiness gate reaches the host's Docker API (None: the provider's own wait)."""
 
+    session: SessionEndpoint | None = None
+    """The web terminal's session server, None for none."""
+
 
 def listen_address(args: DockerRunnerArgs) -> str:
     """Where the runner serves metrics: always on, for the health check; beyond 127.0.0.1 only when asked."""
@@ -128,6 +167,7 @@ class DockerRunner(pulumi.ComponentResource):
             "io.gitlab-runners.managed-by": "pulumi",
             "io.gitlab-runners.allow-privileged": "true" if args.allow_privileged else "false",
         }
+        session = args.session.table(args.network_mode) if args.session is not None else None
         address = listen_address(args)
         ca_file = f"{CONFIG_DIR}/certs/{gitlab_host(args.gitlab_url)}.crt" if args.gitlab_ca else None
         credentials = dict(args.cache_credentials or {})
@@ -143,6 +183,7 @@ class DockerRunner(pulumi.ComponentResource):
                     cache=args.cache,
                     cache_credentials=parts[1] or None,
                     ca_file=ca_file,
+                    session_server=session,
                 )
             )
         )
@@ -193,13 +234,26 @@ class DockerRunner(pulumi.ComponentResource):
         volumes = [config_volume]
         if args.socket_path is not None:
             volumes.append(docker.ContainerVolumeArgs(host_path=args.socket_path, container_path=SOCKET_IN_CONTAINER))
-        ports = None
+        ports: list[docker.ContainerPortArgs] = []
         if args.publish_metrics and args.network_mode == "bridge":
-            ports = [
+            ports.append(
                 docker.ContainerPortArgs(
                     internal=args.metrics_port, external=args.metrics_port, ip=args.metrics_address
                 )
-            ]
+            )
+        runner_labels = dict(labels)
+        if args.session is not None:
+            if args.network_mode == "bridge":
+                ports.append(
+                    docker.ContainerPortArgs(
+                        internal=args.session.port, external=args.session.port, ip=args.session.host_address
+                    )
+                )
+            # The runner binds its session server and takes its addresses at start only (a reload leaves
+            # them): a change of them must start a new runner process, so it replaces this container.
+            runner_labels["io.gitlab-runners.session-server"] = (
+                f"{args.session.listen_address(args.network_mode)} {args.session.advertise_address}"
+            )
 
         container = docker.Container(
             f"{name}-runner",
@@ -214,7 +268,7 @@ class DockerRunner(pulumi.ComponentResource):
             destroy_grace_seconds=args.stop_timeout,
             network_mode=args.network_mode,
             volumes=volumes,
-            ports=ports,
+            ports=ports or None,
             healthcheck=health_check(args),
             # Where the gate cannot ask the host's API itself, the provider waits (on create only).
             wait=args.readiness.enabled and args.engine is None,
@@ -222,7 +276,7 @@ class DockerRunner(pulumi.ComponentResource):
             capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
             security_opts=["no-new-privileges:true"],
             privileged=False,
-            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()],
+            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in runner_labels.items()],
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # The first config.toml is in the volume before the runner starts; later ones reach it

@@ -19,7 +19,7 @@ from components.runner_config import (
     render_chart_runner_toml,
 )
 from components.settings import GlobalSettings, KubernetesTarget, Runner
-from components.settings.model import Cache, ManagerPods, Readiness, ServiceMonitor
+from components.settings.model import Cache, ManagerPods, Readiness, ServiceMonitor, SessionServer, SessionService
 
 COMPONENT_TYPE = "gitlab-runners:index:KubernetesRunner"
 GLOBAL_CONFIG_SCRIPT = Path(__file__).resolve().parent / "files" / "global-config.sh"
@@ -102,6 +102,25 @@ def manager_placement(pods: ManagerPods, release: str) -> dict[str, Any]:
             }
             for spread in pods.topology_spread_constraints
         ]
+    return values
+
+
+def session_values(session: SessionServer, service: SessionService) -> dict[str, Any]:
+    """The chart's sessionServer: it writes [session_server] (listen 0.0.0.0:internalPort) and creates the
+    Service; the pod finds the address to advertise at start (the Service's, the node's or publicAddress)."""
+    values: dict[str, Any] = {
+        "enabled": True,
+        "timeout": session.session_timeout,
+        "internalPort": session.port,
+        "externalPort": service.port,
+        "serviceType": service.type,
+    }
+    if service.node_port is not None:
+        values["nodePort"] = service.node_port
+    if service.public_address is not None:
+        values["publicIP"] = service.public_address
+    if service.source_ranges:
+        values["loadBalancerSourceRanges"] = list(service.source_ranges)
     return values
 
 
@@ -267,6 +286,8 @@ def chart_values(
         "runners": runners,
         **manager_placement(settings.manager_pods, release_name(runner)),
     }
+    if global_.session_server.enabled:
+        values["sessionServer"] = session_values(global_.session_server, settings.session_service or SessionService())
     if extras.certs_secret is not None:
         values["certsSecretName"] = extras.certs_secret
     global_toml = render_chart_global_toml(global_, runner)

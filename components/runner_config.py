@@ -198,7 +198,12 @@ def cache_table(cache: Cache, credentials: Mapping[str, str] | None = None) -> d
     return table
 
 
-def global_table(global_: GlobalSettings, concurrent: int, listen_address: str | None = None) -> dict[str, Any]:
+def global_table(
+    global_: GlobalSettings,
+    concurrent: int,
+    listen_address: str | None = None,
+    session_server: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """config.toml's global part: the typed settings, then extraGlobalConfig."""
     document: dict[str, Any] = {
         "concurrent": concurrent,
@@ -208,6 +213,8 @@ def global_table(global_: GlobalSettings, concurrent: int, listen_address: str |
     }
     if listen_address is not None:
         document["listen_address"] = listen_address
+    if session_server is not None:
+        document["session_server"] = dict(session_server)
     return deep_merge(document, global_.extra)
 
 
@@ -220,9 +227,11 @@ def render_config_toml(
     cache: Cache | None = None,
     cache_credentials: Mapping[str, str] | None = None,
     ca_file: str | None = None,
+    session_server: Mapping[str, Any] | None = None,
 ) -> str:
-    """The complete config.toml of a runner manager serving `runners`."""
-    document = global_table(global_, manager_concurrency(global_, runners), listen_address)
+    """The complete config.toml of a runner manager serving `runners`; `session_server` is its
+    [session_server] table (listen_address, advertise_address, session_timeout), None for none."""
+    document = global_table(global_, manager_concurrency(global_, runners), listen_address, session_server)
     tables = []
     for runner in runners:
         table = runner_table(runner, url, tokens[runner.name])
@@ -258,7 +267,8 @@ def render_chart_global_toml(global_: GlobalSettings, runner: Runner) -> str | N
     registration takes only the [[runners]] entry of runners.config. So with extraGlobalConfig the whole
     global part is rendered here, the chart's keys with the values chart_values gives the chart
     (kubernetes_runner.py puts it in place in the pod). None without extraGlobalConfig: the chart's own
-    stays as it is.
+    stays as it is. The chart's [session_server] is not rendered here: its address is found in the pod
+    at start, and the script keeps the table the chart wrote.
     """
     if not global_.extra:
         return None

@@ -139,6 +139,7 @@ GLOBAL_OWNED: dict[tuple[str, ...], Owner] = {
     ("shutdown_timeout",): Owner(("shutdownTimeout",)),
     ("log_level",): Owner(("logLevel",)),
     ("listen_address",): Owner(("metrics",)),
+    ("session_server",): Owner(("sessionServer",)),
     ("runners",): Owner(
         ("runners",), "are the stack's runners: set them there, and each one's keys in its extraConfig"
     ),

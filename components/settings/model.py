@@ -26,6 +26,10 @@ CHART_NAME = "gitlab-runner"
 DEFAULT_JOB_IMAGE = "alpine:3.20.3"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 METRICS_PORT = 9252
+SESSION_PORT = 8093  # the runner's documented session server port
+# Docker: the runner containers whose jobs have a web terminal, and the offset of each one's session
+# port from sessionServer.port (the autoscaler container's executors have no terminal).
+SESSION_OFFSETS = {"docker": 0, "shell": 1}
 
 # Patterns, anchored: pydantic and JSON Schema validators both search, neither anchors for us.
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$"
@@ -61,6 +65,12 @@ HELPER_IMAGE_PATTERN = (
     r"^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._/-][a-z0-9]+)*"
     r"(:[A-Za-z0-9_${}][A-Za-z0-9_.${}-]{0,127}|@sha256:[0-9a-f]{64})?$"
 )
+# A host name or IP address a client connects to (no scheme, no port); IPv6 in brackets.
+ADDRESS_PATTERN = (
+    r"^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+    r"|^\[[0-9a-fA-F:.]+\]$"
+)
+CIDR_PATTERN = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$|^[0-9a-fA-F:]+/[0-9]{1,3}$"
 # A Kubernetes object name (DNS subdomain), as a PriorityClass's.
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 
@@ -92,6 +102,8 @@ PATTERN_HINTS = {
     IP_PATTERN: "must be an IP address such as 127.0.0.1 or 0.0.0.0",
     HELPER_IMAGE_PATTERN: ("must be an image repository (the stack adds the tag) or a reference with a tag or digest"),
     DNS_SUBDOMAIN_PATTERN: "must be a Kubernetes object name (lower-case letters, digits, dashes and dots)",
+    ADDRESS_PATTERN: "must be a host name or an IP address, without scheme or port (IPv6 in brackets)",
+    CIDR_PATTERN: "must be an address range such as 203.0.113.0/24",
 }
 
 # Bounds: what config.toml, GitLab and Kubernetes accept, and far below a 64-bit overflow.
@@ -345,6 +357,28 @@ class Metrics(Section):
     )
 
 
+class SessionServer(Section):
+    """The interactive web terminal of running jobs: config.toml's [session_server]."""
+
+    enabled: bool = key(
+        False, True, "serve the web terminal (docker, shell and kubernetes executors); GitLab must reach it"
+    )
+    port: Port = key(
+        SESSION_PORT,
+        SESSION_PORT,
+        "Docker: the docker-executor container's session port on its host, +1 for shell; "
+        "Kubernetes: the pod's (chart internalPort)",
+    )
+    session_timeout: int = key(
+        1800, 600, "seconds a terminal stays open after its job ends (the job waits for it)", ge=1, le=ONE_DAY
+    )
+    host_address: Annotated[str, StringConstraints(pattern=IP_PATTERN)] = key(
+        "0.0.0.0",  # noqa: S104 - GitLab must reach it
+        "10.0.0.5",
+        "Docker only: the host address the session port is published on (listened on, in host mode)",
+    )
+
+
 class ImageBuild(Section):
     """How the runner image is built from images/runner/Dockerfile."""
 
@@ -401,6 +435,12 @@ class DockerHost(Section):
     )
     ssh_opts: list[Annotated[str, StringConstraints(min_length=1, max_length=1024)]] = key(
         [], ["-o", "StrictHostKeyChecking=yes"], "ssh:// only: extra ssh options", max_length=32
+    )
+    session_address: Annotated[str, StringConstraints(pattern=ADDRESS_PATTERN, max_length=253)] | None = key(
+        None,
+        "build-1.example.com",
+        "with sessionServer.enabled: the host name or IP GitLab reaches this host's web terminal on "
+        "(each host its own; the port is sessionServer.port)",
     )
 
 
@@ -500,6 +540,29 @@ class ServiceMonitor(Section):
     labels: dict[LabelKey, LabelValue] = key({}, {"release": "prometheus"}, "labels the Prometheus selects on")
 
 
+class SessionService(Section):
+    """The Service GitLab reaches the web terminal of the manager pod through (the chart's sessionServer)."""
+
+    type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = key(
+        "LoadBalancer",
+        "NodePort",
+        "LoadBalancer (its address found once the cloud gives one), NodePort (the node's IP), "
+        "ClusterIP (a GitLab in the same cluster)",
+    )
+    port: Port = key(9000, 9000, "the Service's port (chart externalPort)")
+    node_port: Annotated[int, Field(ge=30000, le=32767)] | None = key(
+        None, 30093, "type NodePort: a fixed node port; default one Kubernetes assigns"
+    )
+    public_address: Annotated[str, StringConstraints(pattern=ADDRESS_PATTERN, max_length=253)] | None = key(
+        None,
+        "terminal.ci.example.com",
+        "LoadBalancer or NodePort: the address GitLab uses instead of the one found (chart publicIP)",
+    )
+    source_ranges: list[Annotated[str, StringConstraints(pattern=CIDR_PATTERN)]] = key(
+        [], ["203.0.113.0/24"], "type LoadBalancer: the only clients let in (chart loadBalancerSourceRanges)"
+    )
+
+
 class TopologySpread(Section):
     """One topology spread constraint of the runner manager pods."""
 
@@ -583,6 +646,11 @@ class KubernetesTarget(Section):
         ServiceMonitor(),
         {"enabled": True},
         "a Prometheus Operator ServiceMonitor for the metrics (needs metrics.enabled)",
+    )
+    session_service: SessionService | None = key(
+        None,
+        {"type": "NodePort", "nodePort": 30093},
+        "the Service of the web terminal (with sessionServer.enabled); default a LoadBalancer on port 9000",
     )
 
 
@@ -677,6 +745,9 @@ class StackConfig(Section):
     log_level: LogLevel = key("info", "debug", "the runner's log level")
     metrics: Metrics = key(Metrics(), {"enabled": True}, "Prometheus metrics")
     readiness: Readiness = key(Readiness(), {"timeoutSeconds": 600}, "the readiness gate of `pulumi up`")
+    session_server: SessionServer = key(
+        SessionServer(), {"enabled": True}, "the interactive web terminal of running jobs (off by default)"
+    )
     cache: Cache | None = key(
         None, {"type": "s3", "s3": {"bucketName": "runner-cache"}}, "the distributed cache (S3, GCS or Azure)"
     )

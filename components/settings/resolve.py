@@ -21,6 +21,7 @@ from components.settings.model import (
     KubernetesTarget,
     Readiness,
     Runner,
+    SessionServer,
     StackConfig,
     Target,
 )
@@ -44,6 +45,8 @@ class GlobalSettings:
     metrics_host_address: str
     extra: dict[str, Any] = field(default_factory=dict)
     """extraGlobalConfig: more global keys of config.toml, checked against the runner's key tree."""
+    session_server: SessionServer = field(default_factory=SessionServer)
+    """The web terminal: config.toml's [session_server] (its addresses are each target's to work out)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ def resolve_global(config: StackConfig, runners: tuple[Runner, ...]) -> GlobalSe
         metrics_port=config.metrics.port,
         metrics_host_address=config.metrics.host_address,
         extra=dict(config.extra_global_config),
+        session_server=config.session_server,
     )
 
 

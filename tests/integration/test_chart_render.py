@@ -113,3 +113,34 @@ def test_manager_placement_reaches_the_pod_spec_and_job_placement_the_runner(cha
     section = template["runners"][0]["kubernetes"]
     assert section["node_selector"] == {"kubernetes.io/arch": "arm64"}
     assert section["helper_image"] == "registry.example.com/mirror/gitlab-runner-helper:arm64-v${CI_RUNNER_VERSION}"
+
+
+def test_the_session_server_gets_its_service_port_and_address(chart: Path, tmp_path: Path) -> None:
+    settings = parse_settings(
+        {
+            "target": "kubernetes",
+            "gitlabUrl": "https://gitlab.example.com",
+            "sessionServer": {"enabled": True, "sessionTimeout": 900},
+            "kubernetes": {
+                "sessionService": {"type": "NodePort", "nodePort": 30093, "publicAddress": "ci.example.com"}
+            },
+            "runners": [{"name": "term"}],
+        },
+        stack="render",
+        has_gitlab_token=True,
+    )
+    manifests = render(chart, settings, tmp_path)
+    service = manifests[("Service", f"{release_name(settings.runners[0])}-gitlab-runner-session-server")]
+    assert service["spec"]["type"] == "NodePort"
+    assert service["spec"]["ports"] == [{"protocol": "TCP", "port": 9000, "targetPort": 8093, "nodePort": 30093}]
+    container = only(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "session-server", "containerPort": 8093, "protocol": "TCP"} in container["ports"]
+    assert {"name": "SESSION_SERVER_ADDRESS", "value": "ci.example.com"} in container["env"]
+    global_part = only(manifests, "ConfigMap")["data"]["config.toml"]
+    session = tomllib.loads(global_part)["session_server"]
+    # The chart's scripts put the address and node port in place of these at start.
+    assert session == {
+        "session_timeout": 900,
+        "listen_address": "0.0.0.0:8093",
+        "advertise_address": "SESSION_SERVER_ADDRESS:SESSION_SERVER_PORT",
+    }
