@@ -13,6 +13,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.docker_health import Engine
+from components.docker_housekeeping import DockerHousekeeping, DockerHousekeepingArgs
 from components.docker_runner import DockerRunner, DockerRunnerArgs, SessionEndpoint
 from components.runner_image import RunnerImage, RunnerImageArgs
 from components.settings import DockerHost as HostSettings
@@ -110,6 +111,9 @@ class DockerHost(pulumi.ComponentResource):
     image_name: pulumi.Output[str] | None
     """The built image's name and tag (None with a prebuilt image)."""
 
+    housekeeping: pulumi.Output[str] | None
+    """The housekeeping container's name (None when housekeeping is off)."""
+
     def __init__(self, name: str, args: DockerHostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(COMPONENT_TYPE, name, None, opts)
         host = args.host
@@ -177,4 +181,17 @@ class DockerHost(pulumi.ComponentResource):
             )
             self.containers[kind] = runner.container_name
             self.container_ids[kind] = runner.container_id
+        self.housekeeping = None
+        if target.housekeeping.enabled:
+            housekeeping = DockerHousekeeping(
+                f"{name}-housekeeping",
+                DockerHousekeepingArgs(
+                    settings=target.housekeeping,
+                    container_name=f"{prefix}-housekeeping",
+                    socket_path=host.socket_path or "/var/run/docker.sock",
+                    host=host.name,
+                ),
+                opts=on_host,
+            )
+            self.housekeeping = housekeeping.container_name
         self.register_outputs({"containers": self.containers})

@@ -27,6 +27,8 @@ DEFAULT_JOB_IMAGE = "alpine:3.20.3"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 METRICS_PORT = 9252
 SESSION_PORT = 8093  # the runner's documented session server port
+# The housekeeping container's image: the official Docker CLI image (alpine, with sh), pinned.
+HOUSEKEEPING_IMAGE = "docker:29.7.2-cli"
 # Docker: the runner containers whose jobs have a web terminal, and the offset of each one's session
 # port from sessionServer.port (the autoscaler container's executors have no terminal).
 SESSION_OFFSETS = {"docker": 0, "shell": 1}
@@ -52,6 +54,7 @@ LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
 CHART_REPOSITORY_PATTERN = r"^(https?|oci)://[^\s/?#@]+(/[^\s?#]*)?$"
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+AGE_PATTERN = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 # A fleeting plugin at an exact release: [registry/][repository/]name:1.2.3. `gitlab-runner fleeting
 # install` fills in registry.gitlab.com and the repository gitlab-org/fleeting/plugins, where GitLab's
 # own plugins are (aws, googlecloud, azure): aws:1.0.0 is registry.gitlab.com/gitlab-org/fleeting/plugins/aws.
@@ -97,6 +100,7 @@ PATTERN_HINTS = {
     ),
     PLATFORM_PATTERN: "must be a platform such as linux/amd64 or linux/arm64",
     DURATION_PATTERN: "must be a duration such as 20m or 1h30m",
+    AGE_PATTERN: "must be a duration such as 7d, 24h or 1h30m",
     PLUGIN_PATTERN: f"must be a fleeting plugin pinned to an exact release, such as {EXAMPLE_PLUGIN}",
     CRON_PATTERN: "must be a cron expression such as * 8-18 * * mon-fri",
     IP_PATTERN: "must be an IP address such as 127.0.0.1 or 0.0.0.0",
@@ -125,6 +129,20 @@ LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN)]
 Text = Annotated[str, StringConstraints(max_length=1024)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, min_length=2)]
+Age = Annotated[str, StringConstraints(pattern=AGE_PATTERN, min_length=2, max_length=32)]
+
+
+def seconds(duration: str) -> int:
+    """A duration such as 7d, 1h30m or 45s in seconds (the model's patterns only)."""
+    units = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+    total, number = 0, ""
+    for char in duration:
+        if char.isdigit():
+            number += char
+        else:
+            total, number = total + int(number) * units[char], ""
+    return total
+
 
 Target = Literal["docker", "kubernetes"]
 Flavor = Literal["alpine", "ubuntu"]
@@ -444,6 +462,20 @@ class DockerHost(Section):
     )
 
 
+class Housekeeping(Section):
+    """A scheduled clean-up on each Docker host of what the runner's jobs left behind, and nothing else."""
+
+    enabled: bool = key(False, True, "run the housekeeping container on each host")
+    every: Age = key("1h", "6h", "how often it looks (the first time when it starts)")
+    max_age: Age = key(
+        "24h",
+        "7d",
+        "what jobs left is removed once this old: a stopped job container since it stopped, a cache volume "
+        "no container uses since it was created, an unused job network since it was created",
+    )
+    image: PinnedImage = key(HOUSEKEEPING_IMAGE, HOUSEKEEPING_IMAGE, "an image with sh and the docker CLI, pinned")
+
+
 class DockerTarget(Section):
     """The Docker target: a list of Docker hosts, each with its runner containers."""
 
@@ -469,6 +501,11 @@ class DockerTarget(Section):
     keep_config_volume: bool = key(False, True, "keep the config volumes on destroy")
     stop_timeout: int = key(
         3600, 3600, "seconds a stopping runner gets to finish running jobs (SIGQUIT)", ge=0, le=ONE_DAY
+    )
+    housekeeping: Housekeeping = key(
+        Housekeeping(),
+        {"enabled": True, "every": "6h", "maxAge": "7d"},
+        "remove old job containers, cache volumes and job networks the runner's jobs left (off by default)",
     )
 
     @property

@@ -21,6 +21,7 @@ from components.settings.model import (
     DockerTarget,
     KubernetesTarget,
     StackConfig,
+    seconds,
 )
 from components.settings.problems import Problem
 
@@ -450,6 +451,21 @@ def _kubernetes_session_problems(config: StackConfig, kubernetes: KubernetesTarg
         )
 
 
+def housekeeping_problems(config: StackConfig) -> Iterator[Problem]:
+    housekeeping = (config.docker or DockerTarget()).housekeeping
+    every, max_age = seconds(housekeeping.every), seconds(housekeeping.max_age)
+    if not 1 <= every <= 30 * 86_400:
+        yield Problem(
+            _key("docker.housekeeping.every"),
+            f"is {housekeeping.every}: a pass runs every 1s to 30d",
+            "every: 6h",
+        )
+    if max_age > 3650 * 86_400:
+        yield Problem(
+            _key("docker.housekeeping.maxAge"), f"is {housekeeping.max_age}, more than ten years", "maxAge: 7d"
+        )
+
+
 def problems(config: StackConfig, context: Context) -> list[Problem]:
     return [
         *target_problems(config),
@@ -458,6 +474,7 @@ def problems(config: StackConfig, context: Context) -> list[Problem]:
         *token_problems(config, context),
         *feature_problems(config, context),
         *session_problems(config),
+        *housekeeping_problems(config),
         *extra.problems(config),
         *placement.problems(config),
     ]
