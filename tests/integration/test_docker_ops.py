@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +29,17 @@ def base(engine: Engine) -> str:
 
 
 def gateway(engine: Engine) -> str:
-    """This machine's address on the engine's bridge: where bridge-networked runners reach the double."""
-    found = engine.run("network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}")
-    return found.stdout.strip()
+    """This machine's address on the engine's bridge: where bridge-networked runners reach the double
+    (the bridge's own address: an engine given a bridge it did not make records no gateway)."""
+    bridge = engine.run(
+        "network", "inspect", "bridge", "--format", '{{index .Options "com.docker.network.bridge.name"}}'
+    ).stdout.strip()
+    shown = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "dev", bridge], capture_output=True, text=True, check=True
+    )
+    address = shown.stdout.split()[3].split("/")[0]
+    assert address, f"no IPv4 address on the engine's bridge {bridge}"
+    return address
 
 
 def session_port(avoid: int) -> int:
@@ -111,17 +120,30 @@ def test_housekeeping_removes_old_job_leftovers_and_nothing_else(
 
     created: dict[str, list[str]] = {"container": [], "volume": [], "network": []}
 
+    # Each is listed before it is made, so the clean-up finds it even if making it failed half-way.
     def volume(what: str, *labels: str) -> None:
-        engine.run("volume", "create", *(f"--label={label}" for label in labels), name(what))
         created["volume"].append(name(what))
+        engine.run("volume", "create", *(f"--label={label}" for label in labels), name(what))
 
     def container(what: str, *args: str, labels: tuple[str, ...] = (), command: tuple[str, ...] = ("true",)) -> None:
-        engine.run("run", "--name", name(what), *(f"--label={label}" for label in labels), *args, base, *command)
+        # The base image's entrypoint is the runner's: each container runs its command instead.
+        program, *rest = command
         created["container"].append(name(what))
+        engine.run(
+            "run",
+            "--name",
+            name(what),
+            *(f"--label={label}" for label in labels),
+            *args,
+            "--entrypoint",
+            program,
+            base,
+            *rest,
+        )
 
     def network(what: str, *labels: str) -> None:
-        engine.run("network", "create", *(f"--label={label}" for label in labels), name(what))
         created["network"].append(name(what))
+        engine.run("network", "create", *(f"--label={label}" for label in labels), name(what))
 
     def job(number: int) -> tuple[str, ...]:
         return (MANAGED, f"com.gitlab.gitlab-runner.job.id={number}", "com.gitlab.gitlab-runner.type=build")
