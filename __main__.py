@@ -15,7 +15,11 @@ gitlab = gitlab_provider(settings, secrets)
 
 registration = RunnerRegistration(
     "runners",
-    RunnerRegistrationArgs(runners=settings.runners, existing_tokens=secrets.runner_tokens),
+    RunnerRegistrationArgs(
+        runners=settings.runners,
+        existing_tokens=secrets.runner_tokens,
+        existing_host_tokens=secrets.runner_host_tokens,
+    ),
     opts=pulumi.ResourceOptions(providers=[gitlab] if gitlab else []),
 )
 
@@ -33,7 +37,8 @@ if settings.docker is not None:
                 runners=runners,
                 global_=settings.global_,
                 gitlab_url=settings.gitlab_url,
-                tokens=registration.tokens,
+                tokens=registration.tokens_on(host.name, runners),
+                shared_tokens=registration.shared_tokens,
                 tls=secrets.docker_tls.get(host.name),
                 allow_privileged=settings.allow_privileged,
                 cache=settings.cache,

@@ -78,7 +78,10 @@ class DockerHostArgs:
     """The GitLab instance."""
 
     tokens: dict[str, pulumi.Output[str]]
-    """Runner name -> secret token."""
+    """Runner name -> the secret token this host's runner manager holds."""
+
+    shared_tokens: frozenset[str] = frozenset()
+    """Runners whose token other hosts hold too (one runnerTokens token on several hosts): rotation off."""
 
     tls: DockerTls | None = None
     """PEM material for a tcp:// host, as secrets."""
@@ -162,6 +165,7 @@ class DockerHost(pulumi.ComponentResource):
                     global_=args.global_,
                     gitlab_url=args.gitlab_url,
                     tokens={r.name: args.tokens[r.name] for r in runners},
+                    shared_tokens=frozenset(r.name for r in runners if r.name in args.shared_tokens),
                     socket_path=host.socket_path if socket else None,
                     network_mode=host.network_mode,
                     metrics_port=(host.metrics_port or args.global_.metrics_port) + offset,

@@ -1,11 +1,18 @@
 """DockerRunner: one runner manager container on a Docker host, for runners of one executor kind.
 
 config.toml reaches the container's config volume through a one-shot "config sync" container, never
-through the runner container's own inputs: every input of a Docker container forces its replacement,
-and replacing a runner stops its job intake and drains it for up to the stop timeout. So a settings
-change re-runs only the sync container; the running runner notices the new file and reloads it. The
-sync keeps the credentials the runner owns (components/files/sync-config.sh): a token the runner
-rotated itself is never overwritten.
+through the runner container's own inputs: nearly every input of a Docker container forces its
+replacement (ForceNew in the Terraform provider the docker provider wraps), and replacing a runner
+stops its job intake and drains it for up to the stop timeout. So a settings change re-runs only the
+sync container; the running runner notices the new file and reloads it. The sync keeps the
+credentials the runner owns (components/files/sync-config.sh): a token the runner rotated itself is
+never overwritten.
+
+What still reaches the runner container is what Docker fixes when it creates one, each a setting the
+runner cannot take by a reload: the image, name, stop timeout, network mode, mounts, published ports and
+health check, and the metrics and session server addresses the runner binds at start
+(components/replacement.py lists the settings, which the README and the plan name). Nothing else: the
+privileged allowance the policy pack reads travels on the sync container, with the config.toml it allows.
 """
 
 from __future__ import annotations
@@ -90,6 +97,9 @@ class DockerRunnerArgs:
     socket_path: str | None
     """The Docker socket on the host, mounted for the docker executor; None mounts none."""
 
+    shared_tokens: frozenset[str] = frozenset()
+    """Runners whose token runner managers on other hosts hold too: their automatic rotation is off."""
+
     network_mode: str = "bridge"
     """`bridge`, or `host` to reach services on the host's loopback."""
 
@@ -162,11 +172,17 @@ class DockerRunner(pulumi.ComponentResource):
     def __init__(self, name: str, args: DockerRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         described = {"host": args.host, "container": args.container_name, "runners": [r.name for r in args.runners]}
         super().__init__(COMPONENT_TYPE, name, described, opts)
-        labels = {
-            "io.gitlab-runners.component": name,
-            "io.gitlab-runners.managed-by": "pulumi",
+        labels = {"io.gitlab-runners.component": name, "io.gitlab-runners.managed-by": "pulumi"}
+        # The allowance belongs to the config.toml that uses it: on the sync container, which a settings
+        # change replaces anyway, never on the runner container or the volume (a label change replaces
+        # them, and a volume replaced loses the credentials the runner holds).
+        sync_labels = {
+            **labels,
             "io.gitlab-runners.allow-privileged": "true" if args.allow_privileged else "false",
         }
+        # Stacks deployed by earlier versions carry the allowance on those two as well: their labels are
+        # left as Docker has them, so this version replaces nothing to take it off.
+        fixed_labels = ["labels"]
         session = args.session.table(args.network_mode) if args.session is not None else None
         address = listen_address(args)
         ca_file = f"{CONFIG_DIR}/certs/{gitlab_host(args.gitlab_url)}.crt" if args.gitlab_ca else None
@@ -184,6 +200,7 @@ class DockerRunner(pulumi.ComponentResource):
                     cache_credentials=parts[1] or None,
                     ca_file=ca_file,
                     session_server=session,
+                    shared_tokens=args.shared_tokens,
                 )
             )
         )
@@ -204,7 +221,9 @@ class DockerRunner(pulumi.ComponentResource):
             f"{name}-config",
             name=f"{args.container_name}-config",
             labels=[docker.VolumeLabelArgs(label=k, value=v) for k, v in labels.items()],
-            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=args.keep_config_volume),
+            opts=pulumi.ResourceOptions(
+                parent=self, retain_on_delete=args.keep_config_volume, ignore_changes=fixed_labels
+            ),
         )
         config_volume = docker.ContainerVolumeArgs(volume_name=volume.name, container_path=CONFIG_DIR)
 
@@ -226,7 +245,7 @@ class DockerRunner(pulumi.ComponentResource):
             restart="no",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
             security_opts=["no-new-privileges:true"],
-            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()],
+            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sync_labels.items()],
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["uploads"]),
         )
         sync.exit_code.apply(lambda code: _check_sync(code, args.container_name))
@@ -241,7 +260,9 @@ class DockerRunner(pulumi.ComponentResource):
                     internal=args.metrics_port, external=args.metrics_port, ip=args.metrics_address
                 )
             )
-        runner_labels = dict(labels)
+        # The runner binds its metrics address at start only (a reload does not re-bind it), and so its
+        # session server, with the address it advertises: what a new process needs.
+        started_with = address
         if args.session is not None:
             if args.network_mode == "bridge":
                 ports.append(
@@ -249,10 +270,8 @@ class DockerRunner(pulumi.ComponentResource):
                         internal=args.session.port, external=args.session.port, ip=args.session.host_address
                     )
                 )
-            # The runner binds its session server and takes its addresses at start only (a reload leaves
-            # them): a change of them must start a new runner process, so it replaces this container.
-            runner_labels["io.gitlab-runners.session-server"] = (
-                f"{args.session.listen_address(args.network_mode)} {args.session.advertise_address}"
+            started_with += (
+                f" session {args.session.listen_address(args.network_mode)} {args.session.advertise_address}"
             )
 
         container = docker.Container(
@@ -276,13 +295,23 @@ class DockerRunner(pulumi.ComponentResource):
             capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
             security_opts=["no-new-privileges:true"],
             privileged=False,
-            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in runner_labels.items()],
+            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()],
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # The first config.toml is in the volume before the runner starts; later ones reach it
                 # without touching this container.
                 depends_on=[sync],
                 custom_timeouts=pulumi.CustomTimeouts(delete=f"{args.stop_timeout + DELETE_MARGIN_SECONDS}s"),
+                ignore_changes=fixed_labels,
+                # A new address needs a new runner process: said as a replacement, not left unapplied. The
+                # metrics address alone without the terminal, as before it existed (nothing replaced).
+                replacement_trigger=started_with,
+                # Docker cannot change a container's health check, and the provider's update leaves it
+                # as it was (and reads the old one back): a new one is a new container.
+                replace_on_changes=["healthcheck"],
+                # The new container takes the old one's name: the old one goes first (as the provider
+                # asks for every container; said here because a trigger's replacement asks no provider).
+                delete_before_replace=True,
             ),
         )
         if args.readiness.enabled and args.engine is not None and not pulumi.runtime.is_dry_run():

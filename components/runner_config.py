@@ -12,7 +12,7 @@ by table.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -153,6 +153,15 @@ def runner_table(
     return deep_merge(table, runner.extra_config)
 
 
+ROTATION_OFF = "FF_DISABLE_AUTOMATIC_TOKEN_ROTATION"
+
+
+def without_token_rotation(table: Mapping[str, Any]) -> dict[str, Any]:
+    """A `[[runners]]` entry whose runner never resets its token itself (the flag wins over extraConfig):
+    for a token several runner managers hold, which one manager's reset would revoke for the others."""
+    return {**table, "feature_flags": {**table.get("feature_flags", {}), ROTATION_OFF: True}}
+
+
 def gitlab_host(url: str) -> str:
     """The host name the runner files a custom CA under (`<config dir>/certs/<host>.crt`, no port)."""
     return urlsplit(url).hostname or "gitlab"
@@ -228,9 +237,12 @@ def render_config_toml(
     cache_credentials: Mapping[str, str] | None = None,
     ca_file: str | None = None,
     session_server: Mapping[str, Any] | None = None,
+    shared_tokens: Collection[str] = (),
 ) -> str:
     """The complete config.toml of a runner manager serving `runners`; `session_server` is its
-    [session_server] table (listen_address, advertise_address, session_timeout), None for none."""
+    [session_server] table (listen_address, advertise_address, session_timeout), None for none; the
+    runners in `shared_tokens` hold a token other runner managers hold too, so their automatic token
+    rotation is off."""
     document = global_table(global_, manager_concurrency(global_, runners), listen_address, session_server)
     tables = []
     for runner in runners:
@@ -239,6 +251,8 @@ def render_config_toml(
             table["tls-ca-file"] = ca_file
         if cache is not None:
             table["cache"] = cache_table(cache, cache_credentials)
+        if runner.name in shared_tokens:
+            table = without_token_rotation(table)
         tables.append(table)
     document["runners"] = tables
     return tomli_w.dumps(document)
@@ -254,7 +268,7 @@ def render_chart_runner_toml(runner: Runner, namespace: str, cache: Cache | None
     table = runner_table(runner, namespace=namespace)
     if cache is not None:
         table["cache"] = cache_table(cache)
-    table["feature_flags"] = {**table.get("feature_flags", {}), "FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True}
+    table = without_token_rotation(table)
     # The chart passes runners.config through Helm's `tpl`: a "{{" of a value (a script's
     # `docker ps --format '{{.ID}}'`) would be taken for a template action.
     return tomli_w.dumps({"runners": [table]}).replace("{{", '{{ "{{" }}')

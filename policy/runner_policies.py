@@ -4,8 +4,9 @@ Runners execute other people's code, so their deployment is a security boundary.
 why it exists; each names the resource and the offending value in its message.
 
 Allowances are explicit and visible: the program marks a resource as allowed only when the stack
-file says so (`gitlab-runners:allowPrivileged: true` -> container label
-`io.gitlab-runners.allow-privileged=true` / chart pod annotation `gitlab-runners.io/allow-privileged`;
+file says so (`gitlab-runners:allowPrivileged: true` -> label `io.gitlab-runners.allow-privileged=true`
+on the container that uploads the config.toml it allows / chart pod annotation
+`gitlab-runners.io/allow-privileged`;
 `kubernetes.rbac.clusterWideAccess: true` -> pod annotation `gitlab-runners.io/allow-cluster-wide-rbac`).
 
 A Docker runner container does not carry its config.toml itself: a one-shot "config sync" container
@@ -239,10 +240,12 @@ def _privileged_container(container: Resource, containers: Sequence[Resource], r
     props = container.props
     if props.get("privileged"):
         report(f"{container.name}: the runner container itself is privileged; it never needs to be", container.urn)
-    # The container that runs the jobs carries the allowance (the program labels both alike).
-    if _labels(props).get(ALLOW_PRIVILEGED_LABEL) == "true":
-        return
+    # The allowance travels with the config.toml it allows: a label of the container that uploads it
+    # (the config sync; in older programs the runner container itself). A label on a runner container
+    # that reads its config.toml from a volume says nothing: the program no longer keeps it current.
     for source, config in _configs_to_check(container, containers):
+        if _labels(source.props).get(ALLOW_PRIVILEGED_LABEL) == "true":
+            continue
         for runner, section in _executor_sections(list(config.get("runners", []))):
             if section.get("privileged"):
                 report(

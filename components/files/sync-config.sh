@@ -11,6 +11,11 @@
 #     the runner's own `register` verifies it with GitLab (POST /api/v4/runners/verify, with the
 #     runner's system id) and writes the credentials as the runner itself does, token_expires_at
 #     included, which is what makes the runner rotate it in time.
+# A runner whose automatic token rotation is off (FF_DISABLE_AUTOMATIC_TOKEN_ROTATION in its
+# [runners.feature_flags]: a token other runner managers hold too) gets no token_expires_at, so the
+# runner never schedules a reset for it: gitlab-runner 18.9.0's reset loop (commands/multi.go) ends for
+# every runner of the process when it reaches a runner with the flag, and the others' tokens would then
+# expire unrotated.
 # The result is checked with the runner's own `verify` before it replaces the file: a config.toml
 # GitLab would refuse (a revoked token, a wrong CA) is never installed.
 # The file is replaced in one rename; the running runner notices the change and reloads it. Nothing
@@ -62,11 +67,24 @@ runner_lines() {
   ' "$1"
 }
 unquote() { sed 's/^[^=]*=[[:space:]]*"//; s/"[[:space:]]*$//'; }
+# The names of the runners whose automatic token rotation is off, one a line.
+rotation_off() {
+  awk '
+    /^[[:space:]]*\[\[runners\]\][[:space:]]*$/ { name = ""; flags = 0; inside = 1; next }
+    /^[[:space:]]*\[runners\.feature_flags\][[:space:]]*$/ { flags = 1; inside = 0; next }
+    /^[[:space:]]*\[/ { flags = 0; inside = 0; next }
+    inside && /^[[:space:]]*name[[:space:]]*=/ {
+      name = $0; sub(/^[^=]*=[[:space:]]*"/, "", name); sub(/"[[:space:]]*$/, "", name); next
+    }
+    flags && name != "" && /^[[:space:]]*"?FF_DISABLE_AUTOMATIC_TOKEN_ROTATION"?[[:space:]]*=[[:space:]]*true/ { print name }
+  ' "$1"
+}
 
 credentials="$work/credentials"
 : > "$credentials"
 : > "$work/seeds"
 runner_lines "$staged" "url token tls-ca-file" | sort > "$work/staged-fields"
+rotation_off "$staged" > "$work/rotation-off"
 for name in $(cut -f1 "$work/staged-fields" | sort -u); do
   token="$(grep "^$name	token[[:space:]]*=" "$work/staged-fields" | cut -f2 | unquote)"
   url="$(grep "^$name	url[[:space:]]*=" "$work/staged-fields" | cut -f2 | unquote)"
@@ -77,8 +95,14 @@ for name in $(cut -f1 "$work/staged-fields" | sort -u); do
   if grep -qx "$name $hash" "$seeds" && [ -f "$conf" ] \
     && runner_lines "$conf" "token" | grep -q "^$name	"; then
     # Delivered before: whatever the runner holds now is current.
-    runner_lines "$conf" "id token token_obtained_at token_expires_at" | grep "^$name	" >> "$credentials"
-    continue
+    runner_lines "$conf" "id token token_obtained_at token_expires_at" | grep "^$name	" > "$work/held"
+    if grep -qx "$name" "$work/rotation-off" || grep -q "	token_expires_at[[:space:]]*=[[:space:]]*[1-9]" "$work/held"; then
+      cat "$work/held" >> "$credentials"
+      continue
+    fi
+    # It holds no expiry (its rotation was off, or GitLab sets none): GitLab's answer for the token it
+    # holds says when it expires, so a runner back on one host rotates its token again.
+    token="$(grep "^$name	token[[:space:]]*=" "$work/held" | cut -f2 | unquote)"
   fi
   # A token the runner has not seen: verify it the runner's own way, with the runner's system id.
   reg="$work/register-$name"
@@ -93,6 +117,15 @@ for name in $(cut -f1 "$work/staged-fields" | sort -u); do
   runner_lines "$reg/config.toml" "id token token_obtained_at token_expires_at" \
     | sed "s/^[^	]*	/$name	/" >> "$credentials"
 done
+
+# No expiry for a runner that must not rotate its token (see above).
+awk -v off="$work/rotation-off" '
+  BEGIN { while ((getline line < off) > 0) skip[line] = 1 }
+  { tab = index($0, "\t"); name = substr($0, 1, tab - 1); line = substr($0, tab + 1) }
+  (name in skip) && line ~ /^token_expires_at[[:space:]]*=/ { next }
+  { print }
+' "$credentials" > "$work/credentials.kept"
+mv "$work/credentials.kept" "$credentials"
 
 # The staged file with each runner's credential lines replaced by the ones chosen above.
 awk -v creds="$credentials" '

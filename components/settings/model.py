@@ -345,7 +345,10 @@ class Runner(Section):
     )
     job_pods: JobPods | None = key(None, {"nodeSelector": {"kubernetes.io/arch": "amd64"}}, "kubernetes executor only")
     hosts: list[Name] | None = key(
-        None, ["build-1"], "Docker target: the hosts this runner runs on; default all", min_length=1
+        None,
+        ["build-1"],
+        "Docker target: the hosts this runner runs on, one GitLab runner on each; default all",
+        min_length=1,
     )
     extra_config: dict[str, Any] = key(
         {},
@@ -807,7 +810,10 @@ class StackConfig(Section):
 
 # Keys of the project's namespace read as secrets, not through the model (secrets.py).
 SECRET_KEYS = {
-    "runnerTokens": "runner name -> glrt- token of a runner created outside the stack",
+    "runnerTokens": (
+        "runner name -> glrt- token of a runner created outside the stack, or -> {Docker host -> glrt- token}: "
+        "one runner per host"
+    ),
     "cacheCredentials": (
         "{accessKey, secretKey} (s3), {accessId, privateKey} (gcs) or {accountName, accountKey} (azure)"
     ),

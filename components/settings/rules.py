@@ -6,7 +6,8 @@ are skipped, so only root causes are reported.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from components.settings import extra, placement
@@ -20,6 +21,7 @@ from components.settings.model import (
     SESSION_PORT,
     DockerTarget,
     KubernetesTarget,
+    Runner,
     StackConfig,
     seconds,
 )
@@ -58,6 +60,8 @@ class Context:
     """What the rules need besides the config."""
 
     existing_token_names: frozenset[str] = frozenset()
+    host_tokens: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    """Runner name -> the Docker hosts it brings a token of its own for (runnerTokens.<name>.<host>)."""
     has_gitlab_token: bool = False
     gitlab_token_is_secret: bool = True
     docker_tls_names: frozenset[str] = frozenset()
@@ -227,6 +231,12 @@ def docker_host_problems(config: StackConfig, context: Context) -> Iterator[Prob
         for index, runner in enumerate(config.runners or ()):
             if runner.hosts is not None:
                 yield Problem(_key(f"runners[{index}].hosts"), "only applies to the docker target", "remove it")
+        for name in sorted(context.host_tokens):
+            yield Problem(
+                _key(f"runnerTokens.{name}"),
+                "holds a token per Docker host, but the target is not docker: give the runner one token",
+                f"pulumi config set --secret --path '{_key('runnerTokens')}.{name}'  (then paste the glrt- token)",
+            )
         return
     hosts = (config.docker.hosts if config.docker is not None else None) or []
     names = [h.name for h in hosts] or ["local"]
@@ -240,8 +250,10 @@ def docker_host_problems(config: StackConfig, context: Context) -> Iterator[Prob
                     f"names no host in {_key('docker.hosts')}",
                     f"one of: {', '.join(names)}",
                 )
+        yield from _host_token_problems(runner.name, runner.hosts or names, names, context)
     if config.runners is None:
         served.update(names)
+        yield from _host_token_problems("runner", names, names, context)
     seen: set[str] = set()
     for index, host in enumerate(hosts):
         at = f"docker.hosts[{index}]"
@@ -265,6 +277,27 @@ def docker_host_problems(config: StackConfig, context: Context) -> Iterator[Prob
     for unknown in sorted(context.docker_tls_names - set(names)):
         yield Problem(
             _key(f"dockerTls.{unknown}"), "names no host in gitlab-runners:docker.hosts", f"one of: {', '.join(names)}"
+        )
+
+
+def _host_token_problems(runner: str, hosts: list[str], names: list[str], context: Context) -> Iterator[Problem]:
+    """A runner with a token per host (one GitLab runner each) needs exactly one for each host it runs on."""
+    given = context.host_tokens.get(runner)
+    if given is None:
+        return
+    at = f"runnerTokens.{runner}"
+    for host in hosts:
+        if host in names and host not in given:
+            yield Problem(
+                _key(f"{at}.{host}"),
+                f"is missing: runner {runner} runs on host {host} and brings a token per host",
+                f"pulumi config set --secret --path '{_key(at)}.{host}'  (the token of its GitLab runner for {host})",
+            )
+    for host in sorted(given - set(hosts)):
+        yield Problem(
+            _key(f"{at}.{host}"),
+            f"names no host runner {runner} runs on",
+            f"one of: {', '.join(hosts)}",
         )
 
 
@@ -490,6 +523,20 @@ def missing_api_token(config: StackConfig, context: Context) -> Problem | None:
         f"is required to create runner(s) {', '.join(to_create)} through the GitLab API but is not set",
         f"pulumi config set --secret gitlab:token  (then paste a glpat- token with the scopes {TOKEN_SCOPES})",
     )
+
+
+def shared_token_warnings(runners: Iterable[Runner], context: Context) -> Iterator[str]:
+    """A runner that brings one token and runs on several Docker hosts: its rotation is off (README)."""
+    for runner in runners:
+        hosts = runner.hosts or []
+        if runner.name in context.existing_token_names and runner.name not in context.host_tokens and len(hosts) > 1:
+            yield (
+                f"{_key(f'runnerTokens.{runner.name}')} is one token for {len(hosts)} Docker hosts "
+                f"({', '.join(hosts)}): automatic token rotation is off for runner {runner.name}, since a reset by "
+                "one host would revoke the token for the others. Where GitLab sets a runner-token lifetime, bring "
+                f"a new token before it expires, or one GitLab runner per host ({_key(f'runnerTokens.{runner.name}')}"
+                ".<host>)"
+            )
 
 
 def warnings(config: StackConfig, concurrent: int) -> list[str]:

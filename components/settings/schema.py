@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from components.replacement import REPLACING_SETTINGS
 from components.settings.model import PROJECT, SECRET_KEYS, StackConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,9 +45,19 @@ def stack_file_schema() -> dict[str, Any]:
     for name, doc in SECRET_KEYS.items():
         config_properties[f"{PROJECT}:{name}"] = {
             "description": f"{doc} (secret)",
+            # One secret, an object of them, or an object of objects of them (runnerTokens per host,
+            # dockerTls per host), as `pulumi config set --secret --path` writes them.
             "anyOf": [
                 {"$ref": "#/$defs/Secure"},
-                {"type": "object", "additionalProperties": {"$ref": "#/$defs/Secure"}},
+                {
+                    "type": "object",
+                    "additionalProperties": {
+                        "anyOf": [
+                            {"$ref": "#/$defs/Secure"},
+                            {"type": "object", "additionalProperties": {"$ref": "#/$defs/Secure"}},
+                        ]
+                    },
+                },
             ],
         }
     config_properties["gitlab:token"] = {
@@ -128,7 +139,11 @@ def _cell(value: Any, inline: bool = False) -> str:
     return f"`{text}`"
 
 
-def _rows(spec: dict[str, Any], defs: dict[str, Any], prefix: str) -> list[str]:
+REPLACES = "; **Docker: a change replaces the runner containers** (below)"
+
+
+def _rows(spec: dict[str, Any], defs: dict[str, Any], prefix: str, section: str = "") -> list[str]:
+    """A row per key; `section` is the key's place in the stack config (`docker.`, `runners[*].`)."""
     rows = []
     spec = _resolve(spec, defs)
     for name, field in spec.get("properties", {}).items():
@@ -139,12 +154,15 @@ def _rows(spec: dict[str, Any], defs: dict[str, Any], prefix: str) -> list[str]:
         description = field.get("description", "")
         is_map = resolved.get("type") == "object" and "properties" not in resolved
         example_text = "" if _cell(example, is_map) == "(below)" else f"; e.g. {_cell(example, is_map)}"
-        rows.append(f"| `{path}` | {_type(field, defs)} | {_cell(default, is_map)} | {description}{example_text} |")
+        replaces = REPLACES if f"{section}{path}" in REPLACING_SETTINGS else ""
+        rows.append(
+            f"| `{path}` | {_type(field, defs)} | {_cell(default, is_map)} | {description}{example_text}{replaces} |"
+        )
         if resolved.get("type") == "object" and "properties" in resolved:
-            rows += _rows(resolved, defs, f"{path}.")
+            rows += _rows(resolved, defs, f"{path}.", section)
         items = _resolve(resolved.get("items", {}), defs) if resolved.get("type") == "array" else {}
         if items.get("type") == "object" and "properties" in items:
-            rows += _rows(items, defs, f"{path}[*].")
+            rows += _rows(items, defs, f"{path}[*].", section)
     return rows
 
 
@@ -157,15 +175,21 @@ def render_reference() -> str:
         f"Top level, `{PROJECT}:<key>`:\n\n{header}\n" + "\n".join(_rows({"properties": top}, defs, "")),
         "Each runner, `runners[*].<key>`:\n\n"
         + f"{header}\n"
-        + "\n".join(_rows(_resolve(schema["properties"]["runners"], defs)["items"], defs, "")),
+        + "\n".join(_rows(_resolve(schema["properties"]["runners"], defs)["items"], defs, "", "runners[*].")),
         f"Docker target, `{PROJECT}:docker.<key>`:\n\n{header}\n"
-        + "\n".join(_rows(schema["properties"]["docker"], defs, "")),
+        + "\n".join(_rows(schema["properties"]["docker"], defs, "", "docker.")),
         f"Kubernetes target, `{PROJECT}:kubernetes.<key>`:\n\n{header}\n"
         + "\n".join(_rows(schema["properties"]["kubernetes"], defs, "")),
         "Secrets, each set with `pulumi config set --secret` (the program refuses them in plain text):\n\n"
         + "| key | what it holds |\n|---|---|\n"
         + "| `gitlab:token` | GitLab API token with the create_runner and manage_runner scopes (or api) |\n"
         + "\n".join(f"| `{PROJECT}:{k}` | {v} |" for k, v in SECRET_KEYS.items()),
+        "Settings that replace the Docker runner containers (a runner container replaced stops taking jobs "
+        "and drains its running ones, up to `docker.stopTimeout`, before the new one starts; every other "
+        "setting reaches the running runners as a new config.toml, reloaded in place; "
+        "`components/replacement.py`, checked against a real preview):\n\n"
+        + "| key | why |\n|---|---|\n"
+        + "\n".join(f"| `{k}` | {v} |" for k, v in REPLACING_SETTINGS.items()),
     ]
     return f"{BEGIN}\n\n" + "\n\n".join(parts) + f"\n\n{END}"
 

@@ -121,6 +121,8 @@ class Job:
     timeout: int = 3600
     image: str | None = None
     """The job's `image:` (docker and kubernetes executors); None: the runner's default image."""
+    entrypoint: list[str] | None = None
+    """The job's `image: entrypoint:` (`[""]` clears the image's own)."""
     state: str = "pending"
     exit_code: int | None = None
     failure_reason: str | None = None
@@ -161,7 +163,9 @@ class Job:
                     "allow_failure": False,
                 }
             ],
-            "image": {"name": self.image} if self.image else None,
+            "image": {"name": self.image, **({"entrypoint": self.entrypoint} if self.entrypoint else {})}
+            if self.image
+            else None,
             "services": [],
             "artifacts": [],
             "cache": [],
@@ -228,6 +232,7 @@ class GitLabDouble:
         variables: dict[str, str] | None = None,
         timeout: int = 3600,
         image: str | None = None,
+        entrypoint: list[str] | None = None,
     ) -> Job:
         """A job for the runner holding `runner_token` now (it follows the runner through token resets)."""
         with self.lock:
@@ -239,6 +244,7 @@ class GitLabDouble:
                 variables={"GIT_STRATEGY": "none", **(variables or {})},
                 timeout=timeout,
                 image=image,
+                entrypoint=entrypoint,
             )
             runner = self._runner_by_token(runner_token)
             job.runner_id = runner.id if runner else None

@@ -143,9 +143,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory, legacy_engine: Engine) -> I
     hand a failure to start it fails the tests."""
     binaries = current_engine_binaries()
     if binaries is None:
-        under_test(
-            "docker engine under test: no current engine (scripts/docker-current found no moby source): 20.10 only"
-        )
+        under_test("docker engine under test: 20.10 only (scripts/docker-current found no moby source to build 29)")
         yield legacy_engine
         return
     current = ExtraEngine(tmp_path_factory.mktemp("docker-current"), binaries=binaries, min_api=CURRENT_MIN_API)

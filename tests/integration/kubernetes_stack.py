@@ -3,15 +3,16 @@ images the node runs, and the wait for a runner Deployment to roll out."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from components.kubernetes_runner import SECRETS_FINGERPRINT
+from components.kubernetes_runner import RUNNER_UID, SECRETS_FINGERPRINT
 from components.settings import RUNNER_VERSION
 from tests.gitlab_double.server import GitLabDouble, serve
-from tests.integration.docker_engine import base_image, start_engine
+from tests.integration.docker_engine import Engine, base_image, start_engine
 from tests.integration.local_cluster import Cluster
 
 # The image the official chart runs (its values' default registry/image and alpine-v<appVersion> tag):
@@ -19,13 +20,36 @@ from tests.integration.local_cluster import Cluster
 CHART_IMAGE = f"registry.gitlab.com/gitlab-org/gitlab-runner:alpine-v{RUNNER_VERSION}"
 
 
+def alpine_like(engine: Engine, base: str) -> str:
+    """The base image laid out as the official alpine image the chart runs: its `gitlab-runner` user
+    is uid 100 (the chart's runAsUser), with its home (the ubuntu image, and the base, use 999; Debian
+    gives uid 100 to `_apt`, which moves aside)."""
+    tag = f"{base}-uid{RUNNER_UID}"
+    if engine.run("image", "inspect", tag, check=False).returncode != 0:
+        dockerfile = (
+            f"FROM {base}\n"
+            f"RUN usermod --uid 4100 _apt && usermod --uid {RUNNER_UID} gitlab-runner"
+            " && chown -R gitlab-runner /home/gitlab-runner\n"
+        )
+        subprocess.run(
+            [engine.cli, "-H", engine.host, "build", "--quiet", "--tag", tag, "-"],
+            input=dockerfile.encode(),
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return tag
+
+
 def load_node_images(cluster: Cluster) -> str:
-    """Put the runner base image on the node as the chart's runner image and as itself (the job
-    image); returns the job image's name. With kwok nothing runs, so nothing is loaded."""
+    """Put the runner base image on the node as the chart's runner image (laid out as the alpine
+    image) and as itself (the job image); returns the job image's name. With kwok nothing runs, so
+    nothing is loaded."""
     engine = start_engine()
     base = base_image(engine)
     if cluster.node_handle is not None:
-        cluster.node_handle.load_images([engine.cli, "-H", engine.host], [(base, CHART_IMAGE), (base, base)])
+        chart_image = alpine_like(engine, base)
+        cluster.node_handle.load_images([engine.cli, "-H", engine.host], [(chart_image, CHART_IMAGE), (base, base)])
     return base
 
 

@@ -192,6 +192,17 @@ class TestNoPrivilegedRunners:
         resources = runner_pair(PRIVILEGED_DOCKER_RUNNER, labels=ALLOW_PRIVILEGED)
         assert stack_violations(no_privileged_runners, resources) == []
 
+    def test_the_allowance_is_the_config_syncs(self) -> None:
+        """The program labels only the sync container (a label on the runner container would replace it
+        whenever allowPrivileged changes): its allowance counts, a stale one on the runner does not."""
+        sync, runner = runner_pair(PRIVILEGED_DOCKER_RUNNER, labels=ALLOW_PRIVILEGED)
+        runner.props["labels"] = []
+        assert stack_violations(no_privileged_runners, [sync, runner]) == []
+        sync, runner = runner_pair(PRIVILEGED_DOCKER_RUNNER, labels=ALLOW_PRIVILEGED)
+        sync.props["labels"] = []
+        found = stack_violations(no_privileged_runners, [sync, runner])
+        assert len(found) == 1 and found[0].startswith("docker-runner: runner d (config.toml from docker-sync)")
+
     def test_a_config_sync_read_by_no_runner_is_checked_itself(self) -> None:
         sync = runner_pair(PRIVILEGED_DOCKER_RUNNER)[0]
         found = stack_violations(no_privileged_runners, [sync])

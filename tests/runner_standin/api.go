@@ -60,14 +60,6 @@ func newClient(runner RunnerConfig, configFile, systemID string, m *metrics) (*c
 	}, nil
 }
 
-func defaultConfigDir() string {
-	if os.Geteuid() == 0 {
-		return "/etc/gitlab-runner"
-	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".gitlab-runner")
-}
-
 type response struct {
 	status int
 	header http.Header
@@ -102,6 +94,12 @@ func (c *client) do(method, path string, header http.Header, body []byte, endpoi
 }
 
 func (c *client) postJSON(path string, token string, payload any, endpoint string) (*response, error) {
+	return c.sendJSON(http.MethodPost, path, token, payload, endpoint)
+}
+
+// sendJSON sends a JSON body with the runner token also in the RUNNER-TOKEN header, as
+// network.RunnerTokenHeader does.
+func (c *client) sendJSON(method, path string, token string, payload any, endpoint string) (*response, error) {
 	body, err := json.Marshal(payload)
 	if err != nil {
 		return nil, err
@@ -110,7 +108,7 @@ func (c *client) postJSON(path string, token string, payload any, endpoint strin
 	if token != "" {
 		header.Set("RUNNER-TOKEN", token)
 	}
-	return c.do(http.MethodPost, path, header, body, endpoint, token)
+	return c.do(method, path, header, body, endpoint, token)
 }
 
 type verifyResponse struct {

@@ -222,7 +222,7 @@ func (m *manager) runDocker(config *Config, runner RunnerConfig, job *jobPayload
 
 	random := make([]byte, 4)
 	_, _ = rand.Read(random)
-	slot := 0 // the runner's concurrent slot for the project; the random part keeps names apart here
+	slot := job.slot // the build's ProjectRunnerID (its concurrent slot for the project)
 	name := fmt.Sprintf("runner-%s-project-%d-concurrent-%d-%s-build",
 		strings.ToLower(shortToken(runner.Token)), job.JobInfo.ProjectID, slot, hex.EncodeToString(random))
 	labels := map[string]string{
@@ -262,6 +262,11 @@ func (m *manager) runDocker(config *Config, runner RunnerConfig, job *jobPayload
 	body := map[string]any{
 		"Image": image, "Cmd": []string{"sh", "-c", jobScript(job)}, "Env": env, "Labels": prefixed,
 		"WorkingDir": "/builds", "Volumes": anonymous, "HostConfig": host,
+	}
+	// The job's `image: entrypoint:` replaces the image's own (executors/docker overwriteEntrypoint);
+	// without it the image's entrypoint runs the script, as with the real runner.
+	if len(job.Image.Entrypoint) > 0 {
+		body["Entrypoint"] = job.Image.Entrypoint
 	}
 	var created struct {
 		ID string `json:"Id"`

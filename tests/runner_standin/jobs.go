@@ -23,7 +23,9 @@ type jobPayload struct {
 	ID      int64  `json:"id"`
 	Token   string `json:"token"`
 	JobInfo struct {
-		ProjectID int64 `json:"project_id"`
+		Name        string `json:"name"`
+		ProjectID   int64  `json:"project_id"`
+		ProjectName string `json:"project_name"`
 	} `json:"job_info"`
 	GitInfo struct {
 		RepoURL   string `json:"repo_url"`
@@ -35,7 +37,9 @@ type jobPayload struct {
 		Timeout int `json:"timeout"`
 	} `json:"runner_info"`
 	Image struct {
-		Name string `json:"name"`
+		Name       string   `json:"name"`
+		Entrypoint []string `json:"entrypoint"`
+		PullPolicy []string `json:"pull_policy"`
 	} `json:"image"`
 	Variables []struct {
 		Key   string `json:"key"`
@@ -46,6 +50,16 @@ type jobPayload struct {
 		Script  []string `json:"script"`
 		Timeout int      `json:"timeout"`
 	} `json:"steps"`
+	Credentials []struct {
+		Type     string `json:"type"`
+		URL      string `json:"url"`
+		Username string `json:"username"`
+		Password string `json:"password"`
+	} `json:"credentials"`
+
+	// slot is the build's ProjectRunnerID: the lowest number no other running build of the same runner
+	// and project holds (the "concurrent-<n>" of job resource names).
+	slot int
 }
 
 func (job *jobPayload) variable(key string) string {
@@ -134,6 +148,11 @@ func (m *manager) process(api *client, config *Config, runner RunnerConfig, job 
 	case "docker":
 		var status int
 		if status, err = m.runDocker(config, runner, job, log); err == nil && status != 0 {
+			err = scriptFailure(status)
+		}
+	case "kubernetes":
+		var status int
+		if status, err = m.runKubernetes(config, runner, job, log); err == nil && status != 0 {
 			err = scriptFailure(status)
 		}
 	default:

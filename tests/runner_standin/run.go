@@ -27,6 +27,7 @@ type manager struct {
 	running    map[string]int
 	total      int
 	lastUpdate map[string]string
+	slots      map[string]map[int]bool
 
 	stopping bool
 	jobs     sync.WaitGroup
@@ -47,7 +48,7 @@ func run(opts map[string]string) error {
 	abort, cancel := context.WithCancel(context.Background())
 	m := &manager{
 		path: path, opts: opts, systemID: id, metrics: newMetrics(),
-		config: config, modTime: modTime, running: map[string]int{}, lastUpdate: map[string]string{},
+		config: config, modTime: modTime, running: map[string]int{}, lastUpdate: map[string]string{}, slots: map[string]map[int]bool{},
 		abort: abort, cancel: cancel,
 	}
 	m.metrics.add("gitlab_runner_configuration_loaded_total", 1)
@@ -159,8 +160,10 @@ func (m *manager) busy() int {
 	return m.total
 }
 
-// rotateLoop resets a token at 75% of its lifetime, when config.toml says when it expires.
+// rotateLoop resets a token at 75% of its lifetime, when config.toml says when it expires; with
+// FF_DISABLE_AUTOMATIC_TOKEN_ROTATION on it only warns, as commands/multi.go does.
 func (m *manager) rotateLoop() {
+	warned := map[string]bool{}
 	for {
 		time.Sleep(time.Second)
 		config, stopping := m.snapshot()
@@ -174,6 +177,13 @@ func (m *manager) rotateLoop() {
 			lifetime := runner.TokenExpiresAt.Sub(runner.TokenObtainedAt)
 			resetAt := runner.TokenObtainedAt.Add(time.Duration(tokenResetIntervalFactor * float64(lifetime)))
 			if time.Now().Before(resetAt) {
+				continue
+			}
+			if runner.featureFlag("FF_DISABLE_AUTOMATIC_TOKEN_ROTATION") {
+				if !warned[runner.Token] {
+					logf("WARNING", "Automatic token rotation is disabled for runner: %s-%s. Your token is about to expire", shortToken(runner.Token), m.systemID)
+					warned[runner.Token] = true
+				}
 				continue
 			}
 			api, err := newClient(runner, m.path, m.systemID, m.metrics)
@@ -239,6 +249,26 @@ func (m *manager) release(runner RunnerConfig) {
 	m.running[runner.Name]--
 }
 
+// acquireSlot gives a build its ProjectRunnerID, as commands/builds_helper.go does.
+func (m *manager) acquireSlot(runner RunnerConfig, job *jobPayload) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	key := fmt.Sprintf("%s/%d", runner.Token, job.JobInfo.ProjectID)
+	if m.slots[key] == nil {
+		m.slots[key] = map[int]bool{}
+	}
+	for m.slots[key][job.slot] {
+		job.slot++
+	}
+	m.slots[key][job.slot] = true
+}
+
+func (m *manager) releaseSlot(runner RunnerConfig, job *jobPayload) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.slots[fmt.Sprintf("%s/%d", runner.Token, job.JobInfo.ProjectID)], job.slot)
+}
+
 func (m *manager) requestJob(config *Config, runner RunnerConfig) {
 	api, err := newClient(runner, m.path, m.systemID, m.metrics)
 	if err != nil {
@@ -269,10 +299,12 @@ func (m *manager) requestJob(config *Config, runner RunnerConfig) {
 			return
 		}
 		logf("INFO", "Checking for jobs... received job=%d runner=%s", job.ID, shortToken(runner.Token))
+		m.acquireSlot(runner, &job)
 		m.jobs.Add(1)
 		go func() {
 			defer m.jobs.Done()
 			defer m.release(runner)
+			defer m.releaseSlot(runner, &job)
 			m.process(api, config, runner, &job)
 		}()
 	case http.StatusNoContent:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from components import docker_health
 from tests.unit.mocks import RecordingMocks, install
+
+# scripts/ is a folder of commands, not a package: its Python ones are importable as modules.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 MOCKS = RecordingMocks()
 install(MOCKS)

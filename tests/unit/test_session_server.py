@@ -63,8 +63,10 @@ def config_toml(mocks: RecordingMocks, container: str) -> dict[str, Any]:
     return tomllib.loads(next(u["content"] for u in sync["uploads"] if u["file"].endswith("config.toml")))
 
 
-def labels(inputs: dict[str, Any]) -> dict[str, str]:
-    return {label["label"]: label["value"] for label in inputs["labels"]}
+def trigger(mocks: RecordingMocks, container: str) -> Any:
+    """The runner container's replacement trigger: what the runner takes only when it starts."""
+    runner = next(c for c in mocks.by_type(CONTAINER) if c.inputs["name"] == container)
+    return runner.options["replacementTrigger"]
 
 
 # ---- Docker -------------------------------------------------------------------------------------------
@@ -75,7 +77,9 @@ def test_off_by_default(mocks: RecordingMocks) -> None:
     for kind in ("docker", "shell"):
         assert "session_server" not in config_toml(mocks, f"gitlab-runner-unit-{kind}")
         runner = containers(mocks)[f"gitlab-runner-unit-{kind}"]
-        assert "ports" not in runner and "io.gitlab-runners.session-server" not in labels(runner)
+        assert "ports" not in runner
+    # As before the terminal existed: the metrics address alone, so an upgrade replaces nothing.
+    assert trigger(mocks, "gitlab-runner-unit-docker") == "127.0.0.1:9252"
 
 
 def test_bridge_publishes_each_containers_port_and_advertises_the_hosts_address(mocks: RecordingMocks) -> None:
@@ -110,7 +114,9 @@ def test_bridge_publishes_each_containers_port_and_advertises_the_hosts_address(
         }
         runner = containers(mocks)[f"gitlab-runner-unit-{kind}"]
         assert runner["ports"] == [{"internal": port, "external": port, "ip": ALL_ADDRESSES}]
-        assert labels(runner)["io.gitlab-runners.session-server"] == f"0.0.0.0:{port} build-1.example.com:{port}"
+        assert trigger(mocks, f"gitlab-runner-unit-{kind}") == (
+            f"127.0.0.1:{9252 + (port - 8093)} session 0.0.0.0:{port} build-1.example.com:{port}"
+        )
     # docker-autoscaler and instance jobs have no terminal: that container serves none.
     assert "session_server" not in config_toml(mocks, "gitlab-runner-unit-autoscaler")
     assert "ports" not in containers(mocks)["gitlab-runner-unit-autoscaler"]
@@ -166,16 +172,22 @@ def test_each_host_of_a_fleet_advertises_its_own_address(mocks: RecordingMocks) 
 
 
 def test_a_new_address_replaces_the_runner_container_which_binds_it_at_start(mocks: RecordingMocks) -> None:
-    def runner_inputs(address: str) -> dict[str, Any]:
+    def started_with(address: str, timeout: int = 1800) -> Any:
         mocks.resources.clear()
         deploy(
-            parse("docker", runners=[{"name": "d"}], sessionServer=ON, docker={"hosts": [{"sessionAddress": address}]})
+            parse(
+                "docker",
+                runners=[{"name": "d"}],
+                sessionServer={"enabled": True, "sessionTimeout": timeout},
+                docker={"hosts": [{"sessionAddress": address}]},
+            )
         )
-        return containers(mocks)["gitlab-runner-unit-docker"]
+        return trigger(mocks, "gitlab-runner-unit-docker")
 
-    first, second = runner_inputs("a.example.com"), runner_inputs("b.example.com")
-    # The runner reads [session_server] when it starts only: an input of the container has to change.
-    assert labels(first) != labels(second)
+    # The runner reads [session_server]'s addresses when it starts only: a new one replaces the container.
+    assert started_with("a.example.com") != started_with("b.example.com")
+    # Its timeout is read for each job from the reloaded config.toml: nothing replaced.
+    assert started_with("a.example.com", 600) == started_with("a.example.com")
 
 
 @pytest.mark.parametrize(

@@ -40,11 +40,16 @@ class Volume:
     shell: str
     gitlab: GitLabDouble
 
-    def sync(self, runners: dict[str, str], concurrent: int = 2) -> subprocess.CompletedProcess[str]:
+    def sync(
+        self, runners: dict[str, str], concurrent: int = 2, rotation_off: frozenset[str] = frozenset()
+    ) -> subprocess.CompletedProcess[str]:
         lines = [f"concurrent = {concurrent}", ""]
         for name, token in runners.items():
             lines += ["[[runners]]", f'name = "{name}"', f'url = "{self.gitlab.base_url}"', f'token = "{token}"']
             lines += ['executor = "shell"', ""]
+            if name in rotation_off:
+                # As runner_config.py renders it for a token several runner managers hold.
+                lines += ["[runners.feature_flags]", "FF_DISABLE_AUTOMATIC_TOKEN_ROTATION = true", ""]
         self.staged.write_text("\n".join(lines))
         self.staged.chmod(0o600)
         command = ["busybox", "sh", str(SCRIPT)] if self.shell == "busybox" else ["sh", str(SCRIPT)]
@@ -157,3 +162,26 @@ def test_a_removed_runner_leaves_the_config(volume: Volume) -> None:
     runners = volume.config()["runners"]
     assert isinstance(runners, list) and [r["name"] for r in runners] == ["a"]
     assert "b " not in (volume.dir / ".gitlab-runners-tokens").read_text()
+
+
+def test_a_runner_whose_rotation_is_off_gets_no_expiry(volume: Volume) -> None:
+    shared, own = volume.gitlab.create_runner(), volume.gitlab.create_runner()
+    done = volume.sync({"shared": shared.token, "own": own.token}, rotation_off=frozenset({"shared"}))
+    assert done.returncode == 0, done.stderr
+    # No expiry: the runner never schedules a reset of the token other hosts hold (and its reset loop
+    # goes on for the runner next to it, which keeps its expiry and rotates).
+    assert "token_expires_at" not in volume.runner("shared") and volume.runner("shared")["token_obtained_at"]
+    assert volume.runner("shared")["feature_flags"] == {"FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True}
+    assert volume.runner("own")["token_expires_at"]
+    # Delivered before: kept as the runner holds it, still without an expiry; and a runner that held
+    # one (it ran on one host before) loses it once it is shared.
+    done = volume.sync({"shared": shared.token, "own": own.token}, rotation_off=frozenset({"shared", "own"}))
+    assert done.returncode == 0, done.stderr
+    assert "token_expires_at" not in volume.runner("shared") and "token_expires_at" not in volume.runner("own")
+    assert volume.runner("own")["token"] == own.token
+    # Back on one host: its expiry again, from GitLab, for the token it holds, so it rotates again.
+    done = volume.sync({"shared": shared.token, "own": own.token})
+    assert done.returncode == 0, done.stderr
+    assert own.token_expires_at is not None
+    assert volume.runner("own")["token_expires_at"] == own.token_expires_at.replace(microsecond=0)
+    assert volume.runner("own")["token"] == own.token and volume.runner("own")["id"] == own.id
