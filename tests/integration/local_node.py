@@ -1,5 +1,5 @@
 """A Kubernetes node that runs pods, for the local control plane (local_cluster.py): containerd 2 with
-its CRI plugin (scripts/docker-current builds it), Debian's runc and CNI plugins, and kubelet and
+its CRI plugin and runc (scripts/docker-current builds both), Debian's CNI plugins, and kubelet and
 kube-proxy at the control plane's version (scripts/cluster-binaries).
 
 The pod network is a bridge the test creates, with an address of this machine's on it (`gateway`):
@@ -63,7 +63,7 @@ def node_missing(bin_dir: Path) -> str | None:
         and (bin_dir / "kube-proxy").exists(),
         "containerd 2 (scripts/docker-current, which needs moby's source)": bool(containerd)
         and (Path(str(containerd)) / "containerd").exists(),
-        "runc (scripts/system-packages)": shutil.which("runc") is not None or Path("/usr/sbin/runc").exists(),
+        "runc (scripts/docker-current)": bool(containerd) and (Path(str(containerd)) / "runc").exists(),
         "the CNI plugins (scripts/system-packages)": (CNI_BIN / "bridge").exists(),
         "root": os.geteuid() == 0,
         "ip and iptables": shutil.which("ip") is not None and shutil.which("iptables") is not None,
