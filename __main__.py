@@ -26,6 +26,7 @@ registration = RunnerRegistration(
 targets: dict[str, dict[str, pulumi.Input[object]]] = {r.name: {} for r in settings.runners}
 if settings.docker is not None:
     images = {}
+    housekeeping = {}
     for host in settings.docker.hosts:
         runners = [r for r in settings.runners if host.name in (r.hosts or ())]
         on_host = DockerHost(
@@ -48,6 +49,8 @@ if settings.docker is not None:
         )
         if on_host.image_name is not None:
             images[host.name] = on_host.image_name
+        if on_host.housekeeping is not None:
+            housekeeping[host.name] = on_host.housekeeping
         for runner in runners:
             kind = kind_of(runner.executor)
             targets[runner.name][host.name] = {
@@ -56,6 +59,8 @@ if settings.docker is not None:
             }
     if images:
         pulumi.export("images", images)
+    if housekeeping:
+        pulumi.export("housekeeping", housekeeping)
 elif settings.kubernetes is not None:
     cluster = kubernetes_provider(settings.kubernetes)
     release = KubernetesRunner(

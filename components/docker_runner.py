@@ -9,10 +9,10 @@ credentials the runner owns (components/files/sync-config.sh): a token the runne
 never overwritten.
 
 What still reaches the runner container is what Docker fixes when it creates one, each a setting the
-runner cannot take by a reload: the image, name, stop timeout, network mode, mounts, published port and
-health check, and the metrics address the runner binds at start (components/replacement.py lists the
-settings, which the README and the plan name). Nothing else: the privileged allowance the policy pack
-reads travels on the sync container, with the config.toml it allows.
+runner cannot take by a reload: the image, name, stop timeout, network mode, mounts, published ports and
+health check, and the metrics and session server addresses the runner binds at start
+(components/replacement.py lists the settings, which the README and the plan name). Nothing else: the
+privileged allowance the policy pack reads travels on the sync container, with the config.toml it allows.
 """
 
 from __future__ import annotations
@@ -36,6 +36,42 @@ STAGING_DIR = "/gitlab-runners"
 FILES = Path(__file__).resolve().parent / "files"
 # Time a delete gets beyond the stop timeout: the daemon's own stop, removal and the provider's checks.
 DELETE_MARGIN_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class SessionEndpoint:
+    """Where a runner container serves the web terminal, and the address it tells GitLab."""
+
+    port: int
+    """The session port, inside the container and on the host alike."""
+
+    advertise_address: str
+    """host:port GitLab connects to (config.toml advertise_address; the runner's TLS certificate names the host)."""
+
+    timeout: int
+    """Seconds a terminal stays open after its job ends."""
+
+    host_address: str = "0.0.0.0"  # noqa: S104 - GitLab must reach it
+    """The host address the port is published on (bridge) or listened on (host network)."""
+
+    def listen_address(self, network_mode: str) -> str:
+        """config.toml listen_address: every address of the container's own network namespace (bridge;
+        the published port is what limits it), else the host address asked for."""
+        if network_mode == "host":
+            address = self.host_address
+            return (
+                f"[{address}]:{self.port}"
+                if ":" in address and not address.startswith("[")
+                else f"{address}:{self.port}"
+            )
+        return f"0.0.0.0:{self.port}"
+
+    def table(self, network_mode: str) -> dict[str, str | int]:
+        return {
+            "listen_address": self.listen_address(network_mode),
+            "advertise_address": self.advertise_address,
+            "session_timeout": self.timeout,
+        }
 
 
 @dataclass(frozen=True)
@@ -103,6 +139,9 @@ class DockerRunnerArgs:
     engine: Engine | None = None
     """How the readiness gate reaches the host's Docker API (None: the provider's own wait)."""
 
+    session: SessionEndpoint | None = None
+    """The web terminal's session server, None for none."""
+
 
 def listen_address(args: DockerRunnerArgs) -> str:
     """Where the runner serves metrics: always on, for the health check; beyond 127.0.0.1 only when asked."""
@@ -144,6 +183,7 @@ class DockerRunner(pulumi.ComponentResource):
         # Stacks deployed by earlier versions carry the allowance on those two as well: their labels are
         # left as Docker has them, so this version replaces nothing to take it off.
         fixed_labels = ["labels"]
+        session = args.session.table(args.network_mode) if args.session is not None else None
         address = listen_address(args)
         ca_file = f"{CONFIG_DIR}/certs/{gitlab_host(args.gitlab_url)}.crt" if args.gitlab_ca else None
         credentials = dict(args.cache_credentials or {})
@@ -159,6 +199,7 @@ class DockerRunner(pulumi.ComponentResource):
                     cache=args.cache,
                     cache_credentials=parts[1] or None,
                     ca_file=ca_file,
+                    session_server=session,
                     shared_tokens=args.shared_tokens,
                 )
             )
@@ -212,13 +253,26 @@ class DockerRunner(pulumi.ComponentResource):
         volumes = [config_volume]
         if args.socket_path is not None:
             volumes.append(docker.ContainerVolumeArgs(host_path=args.socket_path, container_path=SOCKET_IN_CONTAINER))
-        ports = None
+        ports: list[docker.ContainerPortArgs] = []
         if args.publish_metrics and args.network_mode == "bridge":
-            ports = [
+            ports.append(
                 docker.ContainerPortArgs(
                     internal=args.metrics_port, external=args.metrics_port, ip=args.metrics_address
                 )
-            ]
+            )
+        # The runner binds its metrics address at start only (a reload does not re-bind it), and so its
+        # session server, with the address it advertises: what a new process needs.
+        started_with = address
+        if args.session is not None:
+            if args.network_mode == "bridge":
+                ports.append(
+                    docker.ContainerPortArgs(
+                        internal=args.session.port, external=args.session.port, ip=args.session.host_address
+                    )
+                )
+            started_with += (
+                f" session {args.session.listen_address(args.network_mode)} {args.session.advertise_address}"
+            )
 
         container = docker.Container(
             f"{name}-runner",
@@ -233,7 +287,7 @@ class DockerRunner(pulumi.ComponentResource):
             destroy_grace_seconds=args.stop_timeout,
             network_mode=args.network_mode,
             volumes=volumes,
-            ports=ports,
+            ports=ports or None,
             healthcheck=health_check(args),
             # Where the gate cannot ask the host's API itself, the provider waits (on create only).
             wait=args.readiness.enabled and args.engine is None,
@@ -249,9 +303,9 @@ class DockerRunner(pulumi.ComponentResource):
                 depends_on=[sync],
                 custom_timeouts=pulumi.CustomTimeouts(delete=f"{args.stop_timeout + DELETE_MARGIN_SECONDS}s"),
                 ignore_changes=fixed_labels,
-                # The runner binds its metrics address at start only (a reload does not re-bind it), so a
-                # new address needs a new runner process: said as a replacement, not left unapplied.
-                replacement_trigger=address,
+                # A new address needs a new runner process: said as a replacement, not left unapplied. The
+                # metrics address alone without the terminal, as before it existed (nothing replaced).
+                replacement_trigger=started_with,
                 # Docker cannot change a container's health check, and the provider's update leaves it
                 # as it was (and reads the old one back): a new one is a new container.
                 replace_on_changes=["healthcheck"],

@@ -19,7 +19,7 @@ from components.runner_config import (
     render_chart_runner_toml,
 )
 from components.settings import GlobalSettings, KubernetesTarget, Runner
-from components.settings.model import Cache, Readiness, ServiceMonitor
+from components.settings.model import Cache, ManagerPods, Readiness, ServiceMonitor, SessionServer, SessionService
 
 COMPONENT_TYPE = "gitlab-runners:index:KubernetesRunner"
 GLOBAL_CONFIG_SCRIPT = Path(__file__).resolve().parent / "files" / "global-config.sh"
@@ -58,6 +58,70 @@ NAMESPACE_PER_JOB_RULE: dict[str, list[str]] = {
     "resources": ["namespaces"],
     "verbs": ["create", "delete"],
 }
+
+
+def release_name(runner: Runner) -> str:
+    """The Helm release of a runner; the chart labels its pods `release: <this>`."""
+    return f"{runner.name}-runner"
+
+
+def tolerations(taints: Mapping[str, str]) -> list[dict[str, str]]:
+    """`key[=value]: effect` as a pod spec's tolerations: Equal with a value, Exists without; an empty
+    effect tolerates every effect (the runner reads node_tolerations the same way)."""
+    found = []
+    for taint, effect in taints.items():
+        name, has_value, value = taint.partition("=")
+        toleration = (
+            {"key": name, "operator": "Equal", "value": value} if has_value else {"key": name, "operator": "Exists"}
+        )
+        if effect:
+            toleration["effect"] = effect
+        found.append(toleration)
+    return found
+
+
+def manager_placement(pods: ManagerPods, release: str) -> dict[str, Any]:
+    """The chart's values that place the runner manager pods (deployment.yaml), only those set."""
+    values: dict[str, Any] = {}
+    if pods.node_selector:
+        values["nodeSelector"] = dict(pods.node_selector)
+    if pods.tolerations:
+        values["tolerations"] = tolerations(pods.tolerations)
+    if pods.affinity:
+        values["affinity"] = {k: dict(v) for k, v in pods.affinity.items()}
+    if pods.priority_class_name:
+        values["priorityClassName"] = pods.priority_class_name
+    if pods.topology_spread_constraints:
+        values["topologySpreadConstraints"] = [
+            {
+                "maxSkew": spread.max_skew,
+                "topologyKey": spread.topology_key,
+                "whenUnsatisfiable": spread.when_unsatisfiable,
+                # By default each runner's own manager pods, which the chart labels with their release.
+                "labelSelector": {"matchLabels": dict(spread.match_labels or {"release": release})},
+            }
+            for spread in pods.topology_spread_constraints
+        ]
+    return values
+
+
+def session_values(session: SessionServer, service: SessionService) -> dict[str, Any]:
+    """The chart's sessionServer: it writes [session_server] (listen 0.0.0.0:internalPort) and creates the
+    Service; the pod finds the address to advertise at start (the Service's, the node's or publicAddress)."""
+    values: dict[str, Any] = {
+        "enabled": True,
+        "timeout": session.session_timeout,
+        "internalPort": session.port,
+        "externalPort": service.port,
+        "serviceType": service.type,
+    }
+    if service.node_port is not None:
+        values["nodePort"] = service.node_port
+    if service.public_address is not None:
+        values["publicIP"] = service.public_address
+    if service.source_ranges:
+        values["loadBalancerSourceRanges"] = list(service.source_ranges)
+    return values
 
 
 def rbac_rules(runner: Runner) -> list[dict[str, list[str]]]:
@@ -220,7 +284,10 @@ def chart_values(
             "fsGroup": RUNNER_FS_GROUP,
         },
         "runners": runners,
+        **manager_placement(settings.manager_pods, release_name(runner)),
     }
+    if global_.session_server.enabled:
+        values["sessionServer"] = session_values(global_.session_server, settings.session_service or SessionService())
     if extras.certs_secret is not None:
         values["certsSecretName"] = extras.certs_secret
     global_toml = render_chart_global_toml(global_, runner)
@@ -237,7 +304,7 @@ class KubernetesRunner(pulumi.ComponentResource):
     release_names: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, args: KubernetesRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        releases = {r.name: f"{r.name}-runner" for r in args.runners}
+        releases = {r.name: release_name(r) for r in args.runners}
         super().__init__(COMPONENT_TYPE, name, {"namespace": args.settings.namespace, "releases": releases}, opts)
         settings = args.settings
         labels = {"app.kubernetes.io/managed-by": "pulumi", "app.kubernetes.io/part-of": "gitlab-runners"}
@@ -312,7 +379,7 @@ class KubernetesRunner(pulumi.ComponentResource):
             )
             release = kubernetes.helm.v3.Release(
                 f"{name}-{runner.name}",
-                name=f"{runner.name}-runner",
+                name=release_name(runner),
                 chart=settings.chart.reference,
                 version=settings.chart.version,
                 repository_opts=kubernetes.helm.v3.RepositoryOptsArgs(repo=settings.chart.index_repository)

@@ -24,6 +24,11 @@ LISTEN = (
     "the runner starts) or the port published for them (Docker keeps a container's ports and health check from "
     "its creation); metrics.enabled with hostAddress 127.0.0.1 in host mode moves neither"
 )
+SESSION = (
+    "the docker and shell runner containers, when it moves the address the web terminal listens on or "
+    "advertises (config.toml's [session_server], taken only when the runner starts) or the port published for "
+    "it; sessionServer.sessionTimeout reaches the running runner"
+)
 
 REPLACING_SETTINGS: dict[str, str] = {
     "docker.image": IMAGE,
@@ -38,30 +43,40 @@ REPLACING_SETTINGS: dict[str, str] = {
     "metrics.port": LISTEN,
     "metrics.hostAddress": LISTEN,
     "docker.hosts[*].metricsPort": LISTEN,
+    "sessionServer.enabled": SESSION,
+    "sessionServer.port": SESSION,
+    "sessionServer.hostAddress": SESSION,
+    "docker.hosts[*].sessionAddress": SESSION,
 }
 """Setting key (as in the configuration reference) -> why its change replaces the runner containers."""
 
 METRICS = ("metrics.enabled", "metrics.port", "metrics.hostAddress", "docker.hosts[*].metricsPort")
+SESSION_SETTINGS = (
+    "sessionServer.enabled",
+    "sessionServer.port",
+    "sessionServer.hostAddress",
+    "docker.hosts[*].sessionAddress",
+)
 
 # The runner container's inputs a change of which replaces it, as a plan names them (`replaceReasons`),
-# with the settings they come from; a replacement the plan gives no reason for is the listen address
-# (the container's replacement trigger).
+# with the settings they come from; a replacement the plan gives no reason for is the listen addresses
+# (the container's replacement trigger: metrics, and the web terminal's).
 INPUT_SETTINGS: dict[str, tuple[str, ...]] = {
     "image": ("docker.image", "docker.prebuiltImage", "docker.hosts[*].platform", "runners[*].autoscaler.plugin"),
     "name": ("docker.containerName",),
     "stopTimeout": ("docker.stopTimeout",),
     "networkMode": ("docker.hosts[*].networkMode",),
     "volumes": ("docker.hosts[*].socketPath", "docker.containerName"),
-    "ports": METRICS,
+    "ports": METRICS + SESSION_SETTINGS,
     "healthcheck": METRICS,
 }
-TRIGGER_SETTINGS = METRICS
-"""What changes the runner container's replacement trigger (its metrics listen address)."""
+TRIGGER_SETTINGS = METRICS + SESSION_SETTINGS
+"""What changes the runner container's replacement trigger (its metrics and session server addresses)."""
 
 
 def settings_replacing(reasons: Sequence[str]) -> list[str]:
     """The settings that may have caused a runner container's replacement, from the plan's reasons
-    (no reason: its replacement trigger, the metrics listen address)."""
+    (no reason: its replacement trigger, the metrics and session server addresses)."""
     if not reasons:
         return list(TRIGGER_SETTINGS)
     found: list[str] = []

@@ -107,6 +107,9 @@ def _kubernetes_section(runner: Runner, namespace: str | None) -> dict[str, Any]
         ("cpu_request_overwrite_max_allowed", pods.max_cpu_request),
         ("memory_request_overwrite_max_allowed", pods.max_memory_request),
         ("service_account", pods.service_account),
+        # Resolved settings: a mirrored helper with the tag of the job pods' architecture (placement.py).
+        ("helper_image", pods.helper_image),
+        ("helper_image_flavor", pods.helper_image_flavor),
     ):
         if value is not None:
             section[key] = value
@@ -204,7 +207,12 @@ def cache_table(cache: Cache, credentials: Mapping[str, str] | None = None) -> d
     return table
 
 
-def global_table(global_: GlobalSettings, concurrent: int, listen_address: str | None = None) -> dict[str, Any]:
+def global_table(
+    global_: GlobalSettings,
+    concurrent: int,
+    listen_address: str | None = None,
+    session_server: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """config.toml's global part: the typed settings, then extraGlobalConfig."""
     document: dict[str, Any] = {
         "concurrent": concurrent,
@@ -214,6 +222,8 @@ def global_table(global_: GlobalSettings, concurrent: int, listen_address: str |
     }
     if listen_address is not None:
         document["listen_address"] = listen_address
+    if session_server is not None:
+        document["session_server"] = dict(session_server)
     return deep_merge(document, global_.extra)
 
 
@@ -226,11 +236,14 @@ def render_config_toml(
     cache: Cache | None = None,
     cache_credentials: Mapping[str, str] | None = None,
     ca_file: str | None = None,
+    session_server: Mapping[str, Any] | None = None,
     shared_tokens: Collection[str] = (),
 ) -> str:
-    """The complete config.toml of a runner manager serving `runners`; the runners in `shared_tokens`
-    hold a token other runner managers hold too, so their automatic token rotation is off."""
-    document = global_table(global_, manager_concurrency(global_, runners), listen_address)
+    """The complete config.toml of a runner manager serving `runners`; `session_server` is its
+    [session_server] table (listen_address, advertise_address, session_timeout), None for none; the
+    runners in `shared_tokens` hold a token other runner managers hold too, so their automatic token
+    rotation is off."""
+    document = global_table(global_, manager_concurrency(global_, runners), listen_address, session_server)
     tables = []
     for runner in runners:
         table = runner_table(runner, url, tokens[runner.name])
@@ -268,7 +281,8 @@ def render_chart_global_toml(global_: GlobalSettings, runner: Runner) -> str | N
     registration takes only the [[runners]] entry of runners.config. So with extraGlobalConfig the whole
     global part is rendered here, the chart's keys with the values chart_values gives the chart
     (kubernetes_runner.py puts it in place in the pod). None without extraGlobalConfig: the chart's own
-    stays as it is.
+    stays as it is. The chart's [session_server] is not rendered here: its address is found in the pod
+    at start, and the script keeps the table the chart wrote.
     """
     if not global_.extra:
         return None

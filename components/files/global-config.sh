@@ -6,8 +6,9 @@
 # and `register --template-config` takes only the template's [[runners]] entry. So this replaces the
 # global part of the registered config.toml (all before its first [[runners]] line) with the one
 # runner_config.py rendered from the stack's settings: the chart's own keys with the values the chart
-# was given, and the extra keys. The [[runners]] entries stay as the registration wrote them. Nothing
-# here prints the file: it holds the runner's token.
+# was given, and the extra keys. The chart's [session_server] table (the web terminal, whose address
+# the chart's scripts found at start) and the [[runners]] entries stay as the registration wrote them.
+# Nothing here prints the file: it holds the runner's token.
 set -eu
 umask 077
 
@@ -18,6 +19,7 @@ grep -q '^\[\[runners\]\]' "$config" || { echo "extraGlobalConfig: no [[runners]
   cat <<'GITLAB_RUNNERS_GLOBAL_TOML'
 __GLOBAL_TOML__
 GITLAB_RUNNERS_GLOBAL_TOML
+  sed -n '/^\[session_server\]/,/^\[/{/^\[session_server\]/p;/^\[/!p;}' "$config"
   sed -n '/^\[\[runners\]\]/,$p' "$config"
 } >"$next"
 mv "$next" "$config"

@@ -101,6 +101,8 @@ RUNNER_OWNED: dict[tuple[str, ...], Owner] = {
     ("kubernetes", "service_account"): _runner("jobPods", "serviceAccount"),
     ("kubernetes", "node_selector"): _runner("jobPods", "nodeSelector"),
     ("kubernetes", "node_tolerations"): _runner("jobPods", "tolerations"),
+    ("kubernetes", "helper_image"): _runner("jobPods", "helperImage"),
+    ("kubernetes", "helper_image_flavor"): _runner("jobPods", "helperImageFlavor"),
     ("kubernetes", "cpu_limit_overwrite_max_allowed"): _runner("jobPods", "maxCpuLimit"),
     ("kubernetes", "memory_limit_overwrite_max_allowed"): _runner("jobPods", "maxMemoryLimit"),
     ("kubernetes", "cpu_request_overwrite_max_allowed"): _runner("jobPods", "maxCpuRequest"),
@@ -137,6 +139,7 @@ GLOBAL_OWNED: dict[tuple[str, ...], Owner] = {
     ("shutdown_timeout",): Owner(("shutdownTimeout",)),
     ("log_level",): Owner(("logLevel",)),
     ("listen_address",): Owner(("metrics",)),
+    ("session_server",): Owner(("sessionServer",)),
     ("runners",): Owner(
         ("runners",), "are the stack's runners: set them there, and each one's keys in its extraConfig"
     ),

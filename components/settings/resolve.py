@@ -21,9 +21,11 @@ from components.settings.model import (
     KubernetesTarget,
     Readiness,
     Runner,
+    SessionServer,
     StackConfig,
     Target,
 )
+from components.settings.placement import resolve_job_pods
 from components.settings.problems import Problem
 
 
@@ -43,6 +45,8 @@ class GlobalSettings:
     metrics_host_address: str
     extra: dict[str, Any] = field(default_factory=dict)
     """extraGlobalConfig: more global keys of config.toml, checked against the runner's key tree."""
+    session_server: SessionServer = field(default_factory=SessionServer)
+    """The web terminal: config.toml's [session_server] (its addresses are each target's to work out)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,10 @@ def resolve_runners(config: StackConfig, stack: str) -> tuple[Runner, ...]:
                     if executor in ("docker", "docker-autoscaler")
                     else [],
                     "hosts": (runner.hosts or all_hosts) if config.target == "docker" else [],
+                    # The job pods pinned to the architecture of the helper the runner pulls for them.
+                    "job_pods": resolve_job_pods(runner, config.kubernetes)
+                    if executor == "kubernetes"
+                    else runner.job_pods,
                 }
             )
         )
@@ -131,6 +139,7 @@ def resolve_global(config: StackConfig, runners: tuple[Runner, ...]) -> GlobalSe
         metrics_port=config.metrics.port,
         metrics_host_address=config.metrics.host_address,
         extra=dict(config.extra_global_config),
+        session_server=config.session_server,
     )
 
 

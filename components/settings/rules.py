@@ -10,9 +10,27 @@ import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from components.settings import extra
-from components.settings.model import AUTOSCALING_EXECUTORS, EXAMPLE_PLUGIN, EXECUTORS, PROJECT, Runner, StackConfig
+from components.settings import extra, placement
+from components.settings.model import (
+    AUTOSCALING_EXECUTORS,
+    EXAMPLE_PLUGIN,
+    EXECUTORS,
+    METRICS_PORT,
+    PROJECT,
+    SESSION_OFFSETS,
+    SESSION_PORT,
+    DockerTarget,
+    KubernetesTarget,
+    Runner,
+    StackConfig,
+    seconds,
+)
 from components.settings.problems import Problem
+
+# The executors whose jobs have a web terminal (features.Session at v18.9.0): not the autoscaling ones.
+TERMINAL_EXECUTORS = ("docker", "shell", "kubernetes")
+# Docker: each runner container's metrics port offset (docker, shell, autoscaler).
+METRICS_OFFSETS = (0, 1, 2)
 
 # Runner attributes that only the GitLab API sets: a runner that brings its own token never reaches it.
 GITLAB_SIDE = (
@@ -324,6 +342,163 @@ def feature_problems(config: StackConfig, context: Context) -> Iterator[Problem]
         )
 
 
+def session_problems(config: StackConfig) -> Iterator[Problem]:
+    """The web terminal: off by default; where it is on, GitLab must be able to reach every runner
+    manager that serves one, at an address of its own."""
+    session = config.session_server
+    hosts = config.docker.hosts if config.docker is not None else []
+    kubernetes = config.kubernetes
+    if config.target == "kubernetes" and "host_address" in session.model_fields_set:
+        yield Problem(
+            _key("sessionServer.hostAddress"),
+            "has no effect on Kubernetes: the chart's Service publishes the terminal",
+            "remove it",
+        )
+    if config.target == "docker" and session.enabled is False:
+        for index, host in enumerate(hosts):
+            if host.session_address is not None:
+                yield Problem(
+                    _key(f"docker.hosts[{index}].sessionAddress"),
+                    f"has no effect without {_key('sessionServer.enabled')}: true",
+                    "sessionServer: {enabled: true}",
+                )
+    if kubernetes is not None and kubernetes.session_service is not None and not session.enabled:
+        yield Problem(
+            _key("kubernetes.sessionService"),
+            f"has no effect without {_key('sessionServer.enabled')}: true",
+            "sessionServer: {enabled: true}",
+        )
+    if not session.enabled:
+        return
+    executors = [r.executor or EXECUTORS[config.target][0] for r in config.runners or ()] or [
+        EXECUTORS[config.target][0]
+    ]
+    if not any(e in TERMINAL_EXECUTORS for e in executors):
+        yield Problem(
+            _key("sessionServer.enabled"),
+            "is true but no runner's jobs have a web terminal (docker-autoscaler and instance jobs have none)",
+            "enabled: false",
+        )
+        return
+    if config.target == "docker":
+        yield from _docker_session_problems(config)
+    elif config.target == "kubernetes":
+        yield from _kubernetes_session_problems(config, kubernetes or KubernetesTarget())
+
+
+def _docker_session_problems(config: StackConfig) -> Iterator[Problem]:
+    session = config.session_server
+    hosts = (config.docker or DockerTarget()).hosts
+    names = [h.name for h in hosts]
+    kinds_on: dict[str, set[str]] = {name: set() for name in names}
+    # The default runner (no runners set) is a docker-executor one on every host.
+    placed = [(r.executor or "docker", r.hosts or names) for r in config.runners or ()] or [("docker", names)]
+    for executor, on in placed:
+        for name in on:
+            if executor in SESSION_OFFSETS and name in kinds_on:
+                kinds_on[name].add(executor)
+    owners: dict[str, str] = {}
+    for index, host in enumerate(hosts):
+        at = f"docker.hosts[{index}]"
+        kinds = kinds_on.get(host.name, set())
+        if not kinds:
+            if host.session_address is not None:
+                yield Problem(
+                    _key(f"{at}.sessionAddress"),
+                    f"has no effect: no docker or shell runner runs on host {host.name}",
+                    "remove it",
+                )
+            continue
+        if host.session_address is None:
+            yield Problem(
+                _key(f"{at}.sessionAddress"),
+                f"is required with {_key('sessionServer.enabled')}: the host name or IP GitLab reaches the web "
+                f"terminal of host {host.name} on (its runners advertise it; a container cannot know it)",
+                f"sessionAddress: {host.name}.example.com",
+            )
+        elif host.session_address in owners:
+            yield Problem(
+                _key(f"{at}.sessionAddress"),
+                f'"{host.session_address}" is host {owners[host.session_address]}\'s too: GitLab would open '
+                f"the terminals of both hosts' jobs on one of them",
+                f"sessionAddress: {host.name}.example.com",
+            )
+        else:
+            owners[host.session_address] = host.name
+        ports = {session.port + SESSION_OFFSETS[kind]: kind for kind in kinds}
+        if max(ports) > 65535:
+            yield Problem(
+                _key("sessionServer.port"),
+                f"is {session.port}, and the shell runners' container takes the next port, {session.port + 1}, "
+                "which does not exist",
+                f"port: {SESSION_PORT}",
+            )
+        metrics_base = host.metrics_port or config.metrics.port
+        metrics = {metrics_base + offset for offset in METRICS_OFFSETS}
+        clash = sorted(set(ports) & metrics)
+        if clash:
+            yield Problem(
+                _key("sessionServer.port"),
+                f"is {session.port}: the session port {clash[0]} of host {host.name} is one of its metrics ports "
+                f"({min(metrics)}-{max(metrics)})",
+                f"port: {SESSION_PORT}",
+            )
+
+
+def _kubernetes_session_problems(config: StackConfig, kubernetes: KubernetesTarget) -> Iterator[Problem]:
+    session = config.session_server
+    if kubernetes.replicas > 1:
+        yield Problem(
+            _key("kubernetes.replicas"),
+            f"is {kubernetes.replicas}, but the chart serves the web terminal from one manager pod only: with more "
+            "it leaves [session_server] out and creates no Service (sessionServer.enabled needs replicas: 1)",
+            "replicas: 1",
+        )
+    if session.port == config.metrics.port:
+        yield Problem(
+            _key("sessionServer.port"),
+            f"is the metrics port ({config.metrics.port}) of the manager pod",
+            f"port: {SESSION_PORT if config.metrics.port != SESSION_PORT else METRICS_PORT + 1}",
+        )
+    service = kubernetes.session_service
+    if service is None:
+        return
+    if service.node_port is not None and service.type != "NodePort":
+        yield Problem(
+            _key("kubernetes.sessionService.nodePort"),
+            f'only applies to type NodePort, not "{service.type}"',
+            "sessionService: {type: NodePort, nodePort: 30093}",
+        )
+    if service.source_ranges and service.type != "LoadBalancer":
+        yield Problem(
+            _key("kubernetes.sessionService.sourceRanges"),
+            f'only applies to type LoadBalancer, not "{service.type}"',
+            "remove it",
+        )
+    if service.public_address is not None and service.type == "ClusterIP":
+        yield Problem(
+            _key("kubernetes.sessionService.publicAddress"),
+            "would be advertised, but a ClusterIP Service is reached at its cluster DNS name only "
+            "(GitLab in the same cluster); nothing serves the terminal at another address",
+            "sessionService: {type: LoadBalancer, publicAddress: terminal.ci.example.com}",
+        )
+
+
+def housekeeping_problems(config: StackConfig) -> Iterator[Problem]:
+    housekeeping = (config.docker or DockerTarget()).housekeeping
+    every, max_age = seconds(housekeeping.every), seconds(housekeeping.max_age)
+    if not 1 <= every <= 30 * 86_400:
+        yield Problem(
+            _key("docker.housekeeping.every"),
+            f"is {housekeeping.every}: a pass runs every 1s to 30d",
+            "every: 6h",
+        )
+    if max_age > 3650 * 86_400:
+        yield Problem(
+            _key("docker.housekeeping.maxAge"), f"is {housekeeping.max_age}, more than ten years", "maxAge: 7d"
+        )
+
+
 def problems(config: StackConfig, context: Context) -> list[Problem]:
     return [
         *target_problems(config),
@@ -331,7 +506,10 @@ def problems(config: StackConfig, context: Context) -> list[Problem]:
         *docker_host_problems(config, context),
         *token_problems(config, context),
         *feature_problems(config, context),
+        *session_problems(config),
+        *housekeeping_problems(config),
         *extra.problems(config),
+        *placement.problems(config),
     ]
 
 

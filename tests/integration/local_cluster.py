@@ -247,7 +247,13 @@ def _add_fake_node(cluster: Cluster) -> None:
         "metadata": {
             "name": FAKE_NODE,
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {"kubernetes.io/hostname": FAKE_NODE, "kubernetes.io/os": "linux", "type": "kwok"},
+            # The labels a kubelet gives its node: the stack pins job pods to kubernetes.io/arch.
+            "labels": {
+                "kubernetes.io/hostname": FAKE_NODE,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+            },
         },
         "status": {"allocatable": capacity, "capacity": capacity},
     }

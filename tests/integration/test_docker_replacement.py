@@ -53,6 +53,11 @@ def _runners(values: Values, **changes: Any) -> None:
             runner.update(changes)
 
 
+def _terminal_off(values: Values) -> None:
+    values["sessionServer"].update(enabled=False)
+    values["docker"]["hosts"][0].pop("sessionAddress")  # refused without the terminal
+
+
 # One change per setting, from the deployed stack below. The first column is the setting's key as the
 # configuration reference (and components/replacement.py) names it.
 CHANGES: list[tuple[str, Change]] = [
@@ -95,7 +100,22 @@ CHANGES: list[tuple[str, Change]] = [
     ("docker.hosts[*].socketPath", lambda v: _host(v, socketPath="/run/other/docker.sock")),
     ("docker.hosts[*].platform", lambda v: _host(v, platform="linux/arm64")),
     ("docker.hosts[*].metricsPort", lambda v: _host(v, metricsPort=v["metrics"]["port"] + 20)),
+    # The web terminal, on in the deployed stack: its addresses are taken when the runner starts.
+    ("sessionServer.enabled", lambda v: _terminal_off(v)),
+    ("sessionServer.port", lambda v: v["sessionServer"].update(port=v["sessionServer"]["port"] + 10)),
+    ("sessionServer.hostAddress", lambda v: v["sessionServer"].update(hostAddress="0.0.0.0")),  # noqa: S104
+    ("sessionServer.sessionTimeout", lambda v: v["sessionServer"].update(sessionTimeout=600)),
+    ("docker.hosts[*].sessionAddress", lambda v: _host(v, sessionAddress="127.0.0.2")),
 ]
+
+
+def session_port(metrics: int) -> int:
+    """A free port for the terminal clear of every metrics port the changes above move to."""
+    taken = {metrics + offset + shift for offset in (0, 1, 2) for shift in (0, 10, 20)}
+    while True:
+        port = free_port()
+        if port + 11 < 65535 and not {port, port + 1, port + 10, port + 11} & taken:
+            return port
 
 
 def apply(stack: DockerStack, values: Values, before: Values) -> None:
@@ -139,6 +159,7 @@ def test_the_settings_that_replace_a_runner_container(engine: Engine, tmp_path_f
             {"name": "rep-shell", "executor": "shell"},
             {"name": "rep-scale", "executor": "docker-autoscaler", "autoscaler": AUTOSCALER},
         ]
+        metrics_port = free_port()
         with docker_stack(
             tmp_path_factory.mktemp("replacement"),
             [engine],
@@ -146,8 +167,10 @@ def test_the_settings_that_replace_a_runner_container(engine: Engine, tmp_path_f
             base,
             runners=runners,
             tokens=tokens,
+            hosts=[{"name": "local", "host": engine.host, "networkMode": "host", "sessionAddress": "127.0.0.1"}],
             # Published on all addresses: each metrics setting then moves what the runner listens on.
-            metrics={"port": free_port(), "enabled": True, "hostAddress": "0.0.0.0"},  # noqa: S104
+            metrics={"port": metrics_port, "enabled": True, "hostAddress": "0.0.0.0"},  # noqa: S104
+            sessionServer={"enabled": True, "port": session_port(metrics_port), "hostAddress": "127.0.0.1"},
             readiness={"enabled": True, "timeoutSeconds": 120},
         ) as stack:
             assert stack.up().summary.result == "succeeded"

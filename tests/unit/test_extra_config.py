@@ -102,9 +102,9 @@ def test_the_key_tree_holds_what_the_runner_source_declares() -> None:
             "pod_annotations",
         ),
         (
-            docker({}, {"session_server": {"listen_adress": "0.0.0.0:8093"}}),
-            "extraGlobalConfig.session_server.listen_adress",
-            "listen_address",
+            docker({}, {"experimental": {"usage_logger": {"log_dri": "/var/log/usage"}}}),
+            "extraGlobalConfig.experimental.usage_logger.log_dri",
+            "log_dir",
         ),
     ],
 )
@@ -244,14 +244,14 @@ def test_extra_keys_are_merged_into_the_docker_config_toml() -> None:
                 "docker": {"shm_size": 268435456, "cpus": "2", "sysctls": {"net.ipv4.ip_forward": "1"}},
                 "custom_build_dir": {"enabled": True},
             },
-            {"log_format": "json", "connection_max_age": "30m", "session_server": {"session_timeout": 1800}},
+            {"log_format": "json", "connection_max_age": "30m", "experimental": {"usage_logger": {"enabled": True}}},
             image="debian:12.7",
         )
     )
     text = render_config_toml(settings.global_, settings.runners, "https://gitlab.example.com", {"d": TOKEN})
     document = tomllib.loads(text)
     assert document["log_format"] == "json" and document["connection_max_age"] == "30m"
-    assert document["session_server"] == {"session_timeout": 1800}
+    assert document["experimental"] == {"usage_logger": {"enabled": True}}
     assert document["concurrent"] == 1 and document["log_level"] == "info"  # the typed keys stay
     (runner,) = document["runners"]
     assert runner["environment"] == ["GIT_DEPTH=10"]

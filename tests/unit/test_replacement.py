@@ -82,7 +82,7 @@ def test_the_plan_names_what_replaces_a_runner_container() -> None:
             step("replace", "docker-local-shell-runner", replaceReasons=["stopTimeout"]),
             step("create-replacement", "docker-local-shell-runner"),
             step("replace", "docker-local-shell-sync", replaceReasons=["uploads"]),  # every settings change
-            step("replace", "docker-b-docker-runner"),  # no reason: its trigger, the metrics address
+            step("replace", "docker-b-docker-runner"),  # no reason: its trigger, the metrics or terminal address
             step("replace", "docker-b-docker-config", kind="docker:index/volume:Volume", replaceReasons=["name"]),
             step("update", "docker-b-shell-runner", diffReasons=["waitTimeout"]),
         ]
@@ -92,7 +92,9 @@ def test_the_plan_names_what_replaces_a_runner_container() -> None:
     assert notes[0].startswith("replaces runner container docker-local-shell-runner: it stops taking jobs")
     assert notes[0].endswith("a change of docker.stopTimeout does this")
     assert notes[1].endswith(
-        "a change of metrics.enabled, metrics.port, metrics.hostAddress, docker.hosts[*].metricsPort does this"
+        "a change of metrics.enabled, metrics.port, metrics.hostAddress, docker.hosts[*].metricsPort, "
+        "sessionServer.enabled, sessionServer.port, sessionServer.hostAddress, docker.hosts[*].sessionAddress "
+        "does this"
     )
     assert notes[2].startswith("replaces config volume docker-b-docker-config: the runners start again")
     assert "note: " + notes[0] in steps(plan).splitlines()
