@@ -14,8 +14,9 @@
 //     taking jobs and finishes the running ones before it exits;
 //   - `register` with a glrt- token verifies it (POST /api/v4/runners/verify) and appends the runner's
 //     credentials to a config file, as the real register does for runner authentication tokens;
-//   - `verify` checks each runner of a config file with POST /api/v4/runners/verify and fails when
-//     GitLab refuses one, as the real verify does without --delete;
+//   - `verify` checks each runner of a config file with POST /api/v4/runners/verify and fails only
+//     when GitLab answers 403 (a transport or TLS error, or a 5xx, passes), as the real verify does
+//     without --delete;
 //   - `fleeting --config <file> install` "installs" the fleeting plugins the file's autoscaler runners
 //     name: it completes each reference as the runner's installer does (registry.gitlab.com,
 //     gitlab-org/fleeting/plugins) and writes a placeholder where the runner would find the plugin
