@@ -203,6 +203,9 @@ class GitLabDouble:
         self.queue: list[Job] = []
         self.unavailable = False
         """Answer job requests 503, as GitLab does while it is down for maintenance."""
+        self.outage: int | None = None
+        """Answer every request with this status (502, 503, 500), as the proxy in front of a GitLab that
+        is down does."""
         self._ids = itertools.count(1)
         self._job_ids = itertools.count(1000)
         self.base_url = ""
@@ -306,6 +309,8 @@ class GitLabDouble:
             return self._route(method, route, headers, data, body)
 
     def _route(self, method: str, route: str, headers: dict[str, str], data: dict[str, Any], body: bytes) -> Answer:
+        if self.outage is not None:
+            return self.outage, {"message": f"{self.outage} {HTTPStatus(self.outage).phrase}"}, {}
         if route.startswith("/api/v4/jobs/") and route.endswith("/trace") and method == "PATCH":
             return self._patch_trace(route, headers, body)
         if route == "/api/v4/runners/verify" and method == "POST":
