@@ -6,7 +6,8 @@ and replacing a runner stops its job intake and drains it for up to the stop tim
 change re-runs only the sync container; the running runner notices the new file and reloads it. The
 sync keeps the credentials the runner owns (components/files/sync-config.sh): a token the runner
 rotated itself is never overwritten, and checks the new file (and a new CA) with GitLab before either
-goes live.
+goes live. The one setting a reload cannot carry is the metrics address, which the runner binds only at
+start: it is also a label of the runner container, so a new address replaces it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ COMPONENT_TYPE = "gitlab-runners:index:DockerRunner"
 CONFIG_DIR = "/etc/gitlab-runner"
 SOCKET_IN_CONTAINER = "/var/run/docker.sock"
 STAGING_DIR = "/gitlab-runners"
+# The runner container's label holding the metrics address it binds: a new address replaces it.
+LISTEN_ADDRESS_LABEL = "io.gitlab-runners.listen-address"
 FILES = Path(__file__).resolve().parent / "files"
 # Time a delete gets beyond the stop timeout: the daemon's own stop, removal and the provider's checks.
 DELETE_MARGIN_SECONDS = 300
@@ -227,7 +230,13 @@ class DockerRunner(pulumi.ComponentResource):
             capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
             security_opts=["no-new-privileges:true"],
             privileged=False,
-            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()],
+            # The runner binds listen_address only when it starts (commands/multi.go; a reload does not
+            # re-bind it), and Docker cannot change a container's health check: a new metrics address
+            # replaces the container, as a new image does, so the runner and its check follow it.
+            labels=[
+                docker.ContainerLabelArgs(label=k, value=v)
+                for k, v in {**labels, LISTEN_ADDRESS_LABEL: address}.items()
+            ],
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # The first config.toml is in the volume before the runner starts; later ones reach it

@@ -9,6 +9,7 @@ import pulumi
 import pytest
 
 from components.docker_host import DockerHost, DockerHostArgs
+from components.docker_runner import LISTEN_ADDRESS_LABEL
 from components.kubernetes_runner import SECRETS_FINGERPRINT, KubernetesRunner, KubernetesRunnerArgs, fingerprint
 from components.runner_image import RunnerImage, RunnerImageArgs
 from components.runner_registration import RunnerRegistration, RunnerRegistrationArgs
@@ -171,6 +172,27 @@ def test_up_says_what_a_failed_sync_said() -> None:
     # An older sync that said nothing of its own: where to look.
     with pytest.raises(pulumi.RunError, match="`docker logs gr-shell-sync` says why"):
         _check_sync(1, "gr-shell", None)
+
+
+def _runner_labels(mocks: RecordingMocks, name: str) -> dict[str, str]:
+    return {label["label"]: label["value"] for label in _containers(mocks)[name].inputs["labels"]}
+
+
+def test_a_new_metrics_address_replaces_the_runner_container_and_nothing_else(mocks: RecordingMocks) -> None:
+    """The runner binds listen_address only at start: the address is a label of the runner container (a
+    label change replaces a Docker container), never of its sync container or config volume."""
+    _docker_host(mocks, [{"name": "d", "executor": "docker"}, {"name": "s", "executor": "shell"}])
+    assert _runner_labels(mocks, "gitlab-runner-unit-docker")[LISTEN_ADDRESS_LABEL] == "127.0.0.1:9252"
+    assert _runner_labels(mocks, "gitlab-runner-unit-shell")[LISTEN_ADDRESS_LABEL] == "127.0.0.1:9253"
+    assert LISTEN_ADDRESS_LABEL not in _runner_labels(mocks, "gitlab-runner-unit-docker-sync")
+    volume = mocks.by_type("docker:index/volume:Volume")[0]
+    assert LISTEN_ADDRESS_LABEL not in {label["label"] for label in volume.inputs["labels"]}
+    mocks.resources.clear()
+    _docker_host(mocks, [{"name": "d", "executor": "docker"}], hosts=[{"metricsPort": 9400}])
+    assert _runner_labels(mocks, "gitlab-runner-unit-docker")[LISTEN_ADDRESS_LABEL] == "127.0.0.1:9400"
+    mocks.resources.clear()
+    _docker_host(mocks, [{"name": "d", "executor": "docker"}], hosts=[{"networkMode": "host"}])
+    assert _runner_labels(mocks, "gitlab-runner-unit-docker")[LISTEN_ADDRESS_LABEL] == "127.0.0.1:9252"
 
 
 def test_shell_runners_get_a_container_of_their_own_without_the_socket(mocks: RecordingMocks) -> None:
