@@ -15,13 +15,15 @@
 # with the config.toml it was checked with: the running runner reloads a CA file as soon as its mtime
 # changes. The check is this script's own: for every runner of the new file, POST
 # /api/v4/runners/verify with its token and system id, to its url, trusting what the runner will trust
-# (the system's roots and the staged CA), must answer 200. The runner's `verify` is not enough: it
-# fails only on 403 (commands/verify.go and network/gitlab.go at v18.9.0), so a wrong CA, a wrong URL
-# or a GitLab answering 5xx would pass it. The runner's `verify` then runs too, as the proof that the
-# runner loads the new file. Only then are the CA and config.toml moved in, each in one rename; the
-# running runner notices the change and reloads. Nothing here prints a token or passes one as an
-# argument (request bodies are files, the runner's register takes it from its environment), and the
-# staged copy is removed from this container when the script ends.
+# (the system's roots and the staged CA; its client certificate if it has one), must answer 200. The
+# runner's `verify` is not enough: it fails only on 403 (commands/verify.go and network/gitlab.go at
+# v18.9.0), so a wrong CA, a wrong URL or a GitLab answering 5xx would pass it. The runner's `verify`
+# then runs too, as the proof that the runner loads the new file. Only then are the CA and config.toml
+# moved in, each in one rename; the running runner notices the change and reloads. Nothing here prints
+# a token or passes one as an argument (request bodies are files, the runner's register takes it from
+# its environment), and the staged copy is removed from this container when the script ends. A
+# failure ends with one "config sync: ..." line naming each runner and GitLab's answer, which
+# `pulumi up` repeats.
 #
 # Needs a POSIX shell, awk, sed, sha256sum, cmp, mktemp (busybox on alpine, coreutils on ubuntu), and
 # curl or GNU wget for the check (the official images have curl; the ubuntu one wget too).
@@ -75,14 +77,15 @@ runner_lines() {
 unquote() { sed 's/^[^=]*=[[:space:]]*"//; s/"[[:space:]]*$//'; }
 field() { grep "^$1	$2[[:space:]]*=" "$3" | cut -f2 | unquote; }
 
-# The CA file a runner trusts GitLab with once the new files are live: its tls-ca-file, else
-# <config dir>/certs/<host>.crt when there is one (network/client.go's findCertificate); the staged
-# copy where this sync brings that file. Empty: the system's roots alone.
-ca_for() {
+# A TLS file a runner uses once the new files are live: its own (tls-ca-file, tls-cert-file,
+# tls-key-file), else <config dir>/certs/<host><suffix> when there is one (network/client.go's
+# findCertificate: .crt, .auth.crt, .auth.key); the staged copy where this sync brings that file.
+# Arguments: the runner's setting (or empty), its url, the suffix. Empty: none.
+tls_file() {
   file="$1"
   if [ -z "$file" ]; then
     host="$(printf '%s\n' "$2" | sed 's|^[A-Za-z][A-Za-z0-9+.-]*://||; s|[/?#].*$||; s|^.*@||; s|:.*$||')"
-    file="$dir/certs/$host.crt"
+    file="$dir/certs/$host$3"
   fi
   case "$file" in
     "$dir"/certs/*)
@@ -106,13 +109,16 @@ bundle_for() {
 
 # POST <url>/api/v4/runners/verify with {token, system_id} from a file, as the runner's verify sends
 # it; prints the status (000: no answer) and leaves the client's error in <out>.err and a redirect's
-# target in <out>.location. Arguments: url, token, CA file (or empty), output file.
+# target in <out>.location. Arguments: url, token, output file, CA file, client certificate and key
+# (each may be empty).
 verify_request() {
   endpoint="$(printf '%s\n' "$1" | sed 's|/*$||; s|/ci$||')/api/v4/runners/verify"
-  out="$4"
+  out="$3"
   body="$work/body"
   ca=""
-  if [ -n "$3" ]; then ca="$(bundle_for "$3")"; fi
+  if [ -n "$4" ]; then ca="$(bundle_for "$4")"; fi
+  cert="$5" key="$6"
+  if [ -z "$cert" ] || [ -z "$key" ]; then cert="" key=""; fi
   system_id="$(cat "$work/.runner_system_id" 2> /dev/null || true)"
   cat > "$body" <<JSON
 {"token":"$2","system_id":"$system_id"}
@@ -121,6 +127,7 @@ JSON
   set --
   if [ "$client" = curl ]; then
     if [ -n "$ca" ]; then set -- --cacert "$ca"; fi
+    if [ -n "$cert" ]; then set -- "$@" --cert "$cert" --key "$key"; fi
     code="$(curl -sS -o "$out" -w '%{http_code} %{redirect_url}' --max-time 30 -X POST \
       -H 'Content-Type: application/json' -H 'Accept: application/json' --data-binary "@$body" \
       "$@" "$endpoint" 2> "$out.err")" || true
@@ -128,6 +135,7 @@ JSON
     code="${code%% *}"
   else
     if [ -n "$ca" ]; then set -- "--ca-certificate=$ca"; fi
+    if [ -n "$cert" ]; then set -- "$@" "--certificate=$cert" "--private-key=$key"; fi
     wget -nv -S -O "$out" -T 30 -t 1 --max-redirect=0 --content-on-error \
       --header='Content-Type: application/json' --header='Accept: application/json' \
       "--post-file=$body" "$@" "$endpoint" 2> "$out.err" || true
@@ -159,7 +167,7 @@ for name in $(cut -f1 "$work/staged-fields" | sort -u); do
   reg="$work/register-$name"
   mkdir -p "$reg"
   if [ -f "$work/.runner_system_id" ]; then cp "$work/.runner_system_id" "$reg/.runner_system_id"; fi
-  if ! CI_SERVER_TOKEN="$token" CI_SERVER_TLS_CA_FILE="$(ca_for "$ca_file" "$url")" "$runner" register \
+  if ! CI_SERVER_TOKEN="$token" CI_SERVER_TLS_CA_FILE="$(tls_file "$ca_file" "$url" .crt)" "$runner" register \
     --non-interactive --config "$reg/config.toml" --url "$url" --name "$name" --executor shell > "$reg/log" 2>&1; then
     mask < "$reg/log" >&2
     fail "GitLab did not accept the token of runner $name at $url (see above); nothing was changed"
@@ -202,7 +210,7 @@ elif wget --version 2> /dev/null | grep -q 'GNU Wget'; then
 else
   fail "neither curl nor GNU wget is in this image: the new config.toml cannot be checked with GitLab; nothing was changed"
 fi
-runner_lines "$work/config.toml" "url token tls-ca-file" | sort > "$work/fields"
+runner_lines "$work/config.toml" "url token tls-ca-file tls-cert-file tls-key-file" | sort > "$work/fields"
 problems=""
 for name in $(cut -f1 "$work/fields" | sort -u); do
   token="$(field "$name" token "$work/fields")"
@@ -214,9 +222,11 @@ for name in $(cut -f1 "$work/fields" | sort -u); do
       continue
       ;;
   esac
-  ca="$(ca_for "$(field "$name" tls-ca-file "$work/fields")" "$url")"
+  ca="$(tls_file "$(field "$name" tls-ca-file "$work/fields")" "$url" .crt)"
+  cert="$(tls_file "$(field "$name" tls-cert-file "$work/fields")" "$url" .auth.crt)"
+  key="$(tls_file "$(field "$name" tls-key-file "$work/fields")" "$url" .auth.key)"
   answer="$work/verify-$name"
-  code="$(verify_request "$url" "$token" "$ca" "$answer")"
+  code="$(verify_request "$url" "$token" "$answer" "$ca" "$cert" "$key")"
   case "$code" in
     200) continue ;;
     403) why="GitLab refused its token (403): revoked, expired, or not a runner token of that instance" ;;

@@ -539,16 +539,21 @@ def serve(
     token_lifetime: timedelta | None = None,
     tls: tuple[str, str] | None = None,
     host: str = "127.0.0.1",
+    client_ca: str | None = None,
 ) -> Iterator[GitLabDouble]:
     """Run a double on a free port of `host` for the duration of the block; HTTPS with `tls`
-    (certificate file, key file). `host` is 127.0.0.1, or this machine's address on a network the
-    test made (a pod network), never another."""
+    (certificate file, key file), requiring a client certificate signed by `client_ca` when given (a
+    GitLab behind mutual TLS). `host` is 127.0.0.1, or this machine's address on a network the test
+    made (a pod network), never another."""
     double = GitLabDouble(api_token, scopes, token_lifetime)
     server = ThreadingHTTPServer((host, 0), _handler(double))
     scheme = "http"
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*tls)
+        if client_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(client_ca)
         server.socket = context.wrap_socket(server.socket, server_side=True)
         scheme = "https"
     double.base_url = f"{scheme}://{host}:{server.server_address[1]}"

@@ -5,6 +5,7 @@ busybox's sh and awk, as on the official alpine image."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import socket
@@ -64,15 +65,21 @@ class Volume:
     argv_log: Path | None = None
 
     def sync(
-        self, runners: dict[str, str], concurrent: int = 2, url: str | None = None, ca: str | None = None
+        self,
+        runners: dict[str, str],
+        concurrent: int = 2,
+        url: str | None = None,
+        ca: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> subprocess.CompletedProcess[str]:
-        """Stage a config.toml (and the CA, as docker_runner.py uploads it) and run the sync."""
+        """Stage a config.toml (and the CA, as docker_runner.py uploads it) and run the sync; `extra`
+        lines go into every [[runners]] entry."""
         ca_file = self.dir / "certs" / "127.0.0.1.crt"
         lines = [f"concurrent = {concurrent}", ""]
         for name, token in runners.items():
             lines += ["[[runners]]", f'name = "{name}"', f'url = "{url or self.gitlab.base_url}"', f'token = "{token}"']
             lines += [f'tls-ca-file = "{ca_file}"'] if ca is not None else []
-            lines += ['executor = "shell"', ""]
+            lines += [*extra, 'executor = "shell"', ""]
         self.staged.write_text("\n".join(lines))
         self.staged.chmod(0o600)
         staged_certs = self.staged.parent / "certs"
@@ -311,3 +318,44 @@ def test_no_token_is_ever_a_process_argument(volume: Volume) -> None:
     assert len(checks) == 4 and logged.count("gitlab-runner register") == 2
     assert logged.count("gitlab-runner verify") == 2
     assert first.token not in logged and second.token not in logged
+
+
+@pytest.fixture(params=VARIANTS, ids=lambda v: "-".join(v))
+def mtls_volume(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    standin: Path,
+    cas: tuple[Path, Path, Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Volume, Path, Path]]:
+    """GitLab behind mutual TLS, and a client certificate (and key) it accepts."""
+    _, cert, key, _ = cas
+    client_ca, client_cert, client_key = make_ca(tmp_path_factory.mktemp("client"), "client")
+    with serve("glpat-sync", tls=(str(cert), str(key)), client_ca=str(client_ca)) as gitlab:
+        yield _volume(request, tmp_path, standin, gitlab), client_cert, client_key
+
+
+def test_a_client_certificate_is_presented_as_the_runner_presents_it(
+    mtls_volume: tuple[Volume, Path, Path], cas: tuple[Path, Path, Path, Path]
+) -> None:
+    """tls-cert-file and tls-key-file (extraConfig) make the runner present a client certificate; the
+    sync's check presents the same one, so a GitLab behind mutual TLS is not refused by mistake."""
+    volume, client_cert, client_key = mtls_volume
+    ca = cas[0].read_text()
+    runner = volume.gitlab.create_runner()
+    # A volume synced before (the stand-in's register knows no client certificate): the runner's token
+    # is kept, so the sync checks the new file without registering.
+    (volume.dir / ".runner_system_id").write_text("s_0123456789ab")
+    (volume.dir / "config.toml").write_text(
+        f'concurrent = 1\n\n[[runners]]\nname = "a"\nurl = "{volume.gitlab.base_url}"\ntoken = "{runner.token}"\n'
+        'executor = "shell"\n'
+    )
+    (volume.dir / ".gitlab-runners-tokens").write_text(f"a {hashlib.sha256(runner.token.encode()).hexdigest()}\n")
+    before = volume.live()
+    done = volume.sync({"a": runner.token}, concurrent=3, ca=ca)
+    assert done.returncode == 1 and "runner a: POST https://127.0.0.1:" in done.stderr and "no answer" in done.stderr
+    assert volume.live() == before
+    mtls = (f'tls-cert-file = "{client_cert}"', f'tls-key-file = "{client_key}"')
+    done = volume.sync({"a": runner.token}, concurrent=3, ca=ca, extra=mtls)
+    assert done.returncode == 0, done.stderr
+    assert volume.config()["concurrent"] == 3 and [p.token for p in volume.gitlab.verified] == [runner.token]
