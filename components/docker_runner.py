@@ -192,7 +192,11 @@ class DockerRunner(pulumi.ComponentResource):
             capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
             security_opts=["no-new-privileges:true"],
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()],
-            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["uploads", "containerLogs"]),
+            # A container's name is taken until it is gone: the provider deletes first when a change
+            # replaces it, and `pulumi up --replace` (how a failed sync runs again unchanged) must too.
+            opts=pulumi.ResourceOptions(
+                parent=self, additional_secret_outputs=["uploads", "containerLogs"], delete_before_replace=True
+            ),
         )
         pulumi.Output.all(sync.exit_code, sync.container_logs).apply(
             lambda parts: _check_sync(parts[0], args.container_name, parts[1])
@@ -242,6 +246,7 @@ class DockerRunner(pulumi.ComponentResource):
                 # The first config.toml is in the volume before the runner starts; later ones reach it
                 # without touching this container.
                 depends_on=[sync],
+                delete_before_replace=True,
                 custom_timeouts=pulumi.CustomTimeouts(delete=f"{args.stop_timeout + DELETE_MARGIN_SECONDS}s"),
             ),
         )
