@@ -6,7 +6,7 @@ replacement (ForceNew in the Terraform provider the docker provider wraps), and 
 stops its job intake and drains it for up to the stop timeout. So a settings change re-runs only the
 sync container; the running runner notices the new file and reloads it. The sync keeps the
 credentials the runner owns (components/files/sync-config.sh): a token the runner rotated itself is
-never overwritten.
+never overwritten, and it checks the new file (and a new CA) with GitLab before either goes live.
 
 What still reaches the runner container is what Docker fixes when it creates one, each a setting the
 runner cannot take by a reload: the image, name, stop timeout, network mode, mounts, published ports and
@@ -17,6 +17,7 @@ privileged allowance the policy pack reads travels on the sync container, with t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ COMPONENT_TYPE = "gitlab-runners:index:DockerRunner"
 CONFIG_DIR = "/etc/gitlab-runner"
 SOCKET_IN_CONTAINER = "/var/run/docker.sock"
 STAGING_DIR = "/gitlab-runners"
+# The runner container's label holding the metrics address it binds: a new address replaces it.
+LISTEN_ADDRESS_LABEL = "io.gitlab-runners.listen-address"
 FILES = Path(__file__).resolve().parent / "files"
 # Time a delete gets beyond the stop timeout: the daemon's own stop, removal and the provider's checks.
 DELETE_MARGIN_SECONDS = 300
@@ -240,15 +243,22 @@ class DockerRunner(pulumi.ComponentResource):
             # Wait for it to finish; it is not a service (must_run=False keeps an exited one as it is).
             attach=True,
             must_run=False,
-            logs=False,
+            # Its output (never a token: the script masks them) says why it failed, for `up` to repeat.
+            logs=True,
             rm=False,
             restart="no",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
             security_opts=["no-new-privileges:true"],
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sync_labels.items()],
-            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["uploads"]),
+            # A container's name is taken until it is gone: the provider deletes first when a change
+            # replaces it, and `pulumi up --replace` (how a failed sync runs again unchanged) must too.
+            opts=pulumi.ResourceOptions(
+                parent=self, additional_secret_outputs=["uploads", "containerLogs"], delete_before_replace=True
+            ),
         )
-        sync.exit_code.apply(lambda code: _check_sync(code, args.container_name))
+        pulumi.Output.all(sync.exit_code, sync.container_logs).apply(
+            lambda parts: _check_sync(parts[0], args.container_name, parts[1])
+        )
 
         volumes = [config_volume]
         if args.socket_path is not None:
@@ -295,7 +305,13 @@ class DockerRunner(pulumi.ComponentResource):
             capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
             security_opts=["no-new-privileges:true"],
             privileged=False,
-            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()],
+            # The address the runner bound when it started (it binds listen_address only then:
+            # commands/multi.go), for whoever inspects the container; the replacement trigger below is
+            # what replaces the container when it moves.
+            labels=[
+                docker.ContainerLabelArgs(label=k, value=v)
+                for k, v in {**labels, LISTEN_ADDRESS_LABEL: address}.items()
+            ],
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # The first config.toml is in the volume before the runner starts; later ones reach it
@@ -329,11 +345,20 @@ class DockerRunner(pulumi.ComponentResource):
         )
 
 
-def _check_sync(code: int | None, container_name: str) -> None:
-    """A config sync that failed leaves the previous config.toml in place; `up` must say so."""
-    if code:
-        raise pulumi.RunError(
-            f"the config sync of {container_name} exited {code}: config.toml was not changed. "
-            f"`docker logs {container_name}-sync` says why (no token is printed there); once fixed, "
-            f"run `pulumi up` again with `--replace` on its `{container_name}-sync` container"
-        )
+def sync_said(logs: str | None) -> str | None:
+    """The sync's last "config sync: …" line (what went wrong, GitLab's answer named), if any."""
+    said = re.findall(r"config sync: ([^\n]+)", logs or "")
+    return said[-1].strip() if said else None
+
+
+def _check_sync(code: int | None, container_name: str, logs: str | None = None) -> None:
+    """A config sync that failed leaves the previous config.toml and CA in place; `up` must say why."""
+    if not code:
+        return
+    said = sync_said(logs)
+    reason = f": {said}" if said else f"; `docker logs {container_name}-sync` says why (no token is printed there)"
+    raise pulumi.RunError(
+        f"the config sync of {container_name} exited {code}: config.toml was not changed{reason}. Once fixed, "
+        f"run `pulumi up` again; with nothing else to change, add `--replace` on its `{container_name}-sync` "
+        f"container"
+    )

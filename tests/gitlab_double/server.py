@@ -207,6 +207,9 @@ class GitLabDouble:
         self.queue: list[Job] = []
         self.unavailable = False
         """Answer job requests 503, as GitLab does while it is down for maintenance."""
+        self.outage: int | None = None
+        """Answer every request with this status (502, 503, 500), as the proxy in front of a GitLab that
+        is down does."""
         self._ids = itertools.count(1)
         self._job_ids = itertools.count(1000)
         self.base_url = ""
@@ -312,6 +315,8 @@ class GitLabDouble:
             return self._route(method, route, headers, data, body)
 
     def _route(self, method: str, route: str, headers: dict[str, str], data: dict[str, Any], body: bytes) -> Answer:
+        if self.outage is not None:
+            return self.outage, {"message": f"{self.outage} {HTTPStatus(self.outage).phrase}"}, {}
         if route.startswith("/api/v4/jobs/") and route.endswith("/trace") and method == "PATCH":
             return self._patch_trace(route, headers, body)
         if route == "/api/v4/runners/verify" and method == "POST":
@@ -540,16 +545,21 @@ def serve(
     token_lifetime: timedelta | None = None,
     tls: tuple[str, str] | None = None,
     host: str = "127.0.0.1",
+    client_ca: str | None = None,
 ) -> Iterator[GitLabDouble]:
     """Run a double on a free port of `host` for the duration of the block; HTTPS with `tls`
-    (certificate file, key file). `host` is 127.0.0.1, or this machine's address on a network the
-    test made (a pod network), never another."""
+    (certificate file, key file), requiring a client certificate signed by `client_ca` when given (a
+    GitLab behind mutual TLS). `host` is 127.0.0.1, or this machine's address on a network the test
+    made (a pod network), never another."""
     double = GitLabDouble(api_token, scopes, token_lifetime)
     server = ThreadingHTTPServer((host, 0), _handler(double))
     scheme = "http"
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*tls)
+        if client_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(client_ca)
         server.socket = context.wrap_socket(server.socket, server_side=True)
         scheme = "https"
     double.base_url = f"{scheme}://{host}:{server.server_address[1]}"

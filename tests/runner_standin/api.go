@@ -66,8 +66,10 @@ type response struct {
 	body   []byte
 }
 
-// do sends one request; an endpoint name records its status in the metrics as the runner does
-// (network errors are not recorded).
+// do sends one request; an endpoint name records its status in the metrics as the runner does. A
+// request that got no answer (a network or TLS error) is recorded with status -1, as the runner's
+// doMeasuredJSON records the -1 its doJSON returns then (network/gitlab.go and network/client.go at
+// v18.9.0); only a client that cannot be made (clientError, -100) is not recorded.
 func (c *client) do(method, path string, header http.Header, body []byte, endpoint, token string) (*response, error) {
 	request, err := http.NewRequest(method, c.base+path, bytes.NewReader(body))
 	if err != nil {
@@ -80,6 +82,9 @@ func (c *client) do(method, path string, header http.Header, body []byte, endpoi
 	}
 	answer, err := c.http.Do(request)
 	if err != nil {
+		if endpoint != "" && c.metrics != nil {
+			c.metrics.apiStatus(shortToken(token), c.systemID, endpoint, -1, method)
+		}
 		return nil, err
 	}
 	defer answer.Body.Close()

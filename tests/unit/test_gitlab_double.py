@@ -220,3 +220,16 @@ def test_token_expiry_and_reset() -> None:
 def test_a_job_request_without_runner_info_is_a_bad_request(gitlab: GitLabDouble) -> None:
     token = create(gitlab)["token"]
     assert call(gitlab, "POST", "/api/v4/jobs/request", {"token": token})[0] == 400
+
+
+def test_an_outage_answers_every_call_with_its_status(gitlab: GitLabDouble) -> None:
+    runner = gitlab.create_runner()
+    gitlab.outage = 502
+    assert call(gitlab, "POST", "/api/v4/runners/verify", {"token": runner.token})[0] == 502
+    assert call(gitlab, "POST", "/api/v4/jobs/request", {"token": runner.token, "info": {}})[0] == 502
+    assert call(gitlab, "GET", "/api/v4/user", headers={"PRIVATE-TOKEN": API_TOKEN})[:2] == (
+        502,
+        {"message": "502 Bad Gateway"},
+    )
+    gitlab.outage = None
+    assert call(gitlab, "POST", "/api/v4/runners/verify", {"token": runner.token})[0] == 200
