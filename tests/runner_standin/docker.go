@@ -109,7 +109,30 @@ func (d *dockerEngine) open(ctx context.Context, method, path string, query url.
 	if d.version != "" {
 		path = "/v" + d.version + path
 	}
-	target := d.base + path
+	request, err := jsonRequest(ctx, method, d.base+path, query, body)
+	if err != nil {
+		return nil, err
+	}
+	response, err := d.http.Do(request)
+	if err != nil {
+		return nil, err
+	}
+	if response.StatusCode >= 300 {
+		defer response.Body.Close()
+		var answer struct {
+			Message string `json:"message"`
+		}
+		data, _ := io.ReadAll(response.Body)
+		if json.Unmarshal(data, &answer) != nil || answer.Message == "" {
+			answer.Message = strings.TrimSpace(string(data))
+		}
+		return nil, fmt.Errorf("Error response from daemon: %s (%d)", answer.Message, response.StatusCode)
+	}
+	return response, nil
+}
+
+// jsonRequest is an API request to target with the query, and body (when not nil) as JSON.
+func jsonRequest(ctx context.Context, method, target string, query url.Values, body any) (*http.Request, error) {
 	if len(query) > 0 {
 		target += "?" + query.Encode()
 	}
@@ -128,22 +151,7 @@ func (d *dockerEngine) open(ctx context.Context, method, path string, query url.
 	if body != nil {
 		request.Header.Set("Content-Type", "application/json")
 	}
-	response, err := d.http.Do(request)
-	if err != nil {
-		return nil, err
-	}
-	if response.StatusCode >= 300 {
-		defer response.Body.Close()
-		var answer struct {
-			Message string `json:"message"`
-		}
-		data, _ := io.ReadAll(response.Body)
-		if json.Unmarshal(data, &answer) != nil || answer.Message == "" {
-			answer.Message = strings.TrimSpace(string(data))
-		}
-		return nil, fmt.Errorf("Error response from daemon: %s (%d)", answer.Message, response.StatusCode)
-	}
-	return response, nil
+	return request, nil
 }
 
 // pullPolicies reads [runners.docker] pull_policy, a string or a list; the runner's default is always.

@@ -13,7 +13,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha1"
@@ -131,24 +130,9 @@ func newKubeClient(settings kubeSettings) (*kubeClient, error) {
 }
 
 func (k *kubeClient) request(ctx context.Context, method, path string, query url.Values, body any) (*http.Request, error) {
-	target := k.base + path
-	if len(query) > 0 {
-		target += "?" + query.Encode()
-	}
-	var reader io.Reader
-	if body != nil {
-		data, err := json.Marshal(body)
-		if err != nil {
-			return nil, err
-		}
-		reader = bytes.NewReader(data)
-	}
-	request, err := http.NewRequestWithContext(ctx, method, target, reader)
+	request, err := jsonRequest(ctx, method, k.base+path, query, body)
 	if err != nil {
 		return nil, err
-	}
-	if body != nil {
-		request.Header.Set("Content-Type", "application/json")
 	}
 	request.Header.Set("Accept", "application/json")
 	request.Header.Set("User-Agent", fmt.Sprintf("gitlab-runner %s (standin; go; linux/amd64)", version))
