@@ -407,6 +407,8 @@ func (k *kubeClient) openChannels(ctx context.Context, path string, query url.Va
 		return nil, err
 	}
 	key := base64.StdEncoding.EncodeToString(raw)
+	// An upgrade names no representation: the API server answers one that asks for JSON with 406.
+	request.Header.Del("Accept")
 	request.Header.Set("Connection", "Upgrade")
 	request.Header.Set("Upgrade", "websocket")
 	request.Header.Set("Sec-WebSocket-Version", "13")
