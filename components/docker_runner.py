@@ -10,6 +10,7 @@ rotated itself is never overwritten.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,15 +181,18 @@ class DockerRunner(pulumi.ComponentResource):
             # Wait for it to finish; it is not a service (must_run=False keeps an exited one as it is).
             attach=True,
             must_run=False,
-            logs=False,
+            # Its output (never a token: the script masks them) says why it failed, for `up` to repeat.
+            logs=True,
             rm=False,
             restart="no",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
             security_opts=["no-new-privileges:true"],
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()],
-            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["uploads"]),
+            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["uploads", "containerLogs"]),
         )
-        sync.exit_code.apply(lambda code: _check_sync(code, args.container_name))
+        pulumi.Output.all(sync.exit_code, sync.container_logs).apply(
+            lambda parts: _check_sync(parts[0], args.container_name, parts[1])
+        )
 
         volumes = [config_volume]
         if args.socket_path is not None:
@@ -246,11 +250,26 @@ class DockerRunner(pulumi.ComponentResource):
         )
 
 
-def _check_sync(code: int | None, container_name: str) -> None:
-    """A config sync that failed leaves the previous config.toml in place; `up` must say so."""
-    if code:
-        raise pulumi.RunError(
-            f"the config sync of {container_name} exited {code}: config.toml was not changed. "
-            f"`docker logs {container_name}-sync` says why (no token is printed there); once fixed, "
-            f"run `pulumi up` again with `--replace` on its `{container_name}-sync` container"
-        )
+# The sync's exit code when GitLab refuses the stack's token and the volume is new (sync-config.sh).
+LOST_TOKEN_EXIT = 3
+
+
+def sync_said(logs: str | None) -> str | None:
+    """The sync's last "config sync: …" line (what went wrong, GitLab's answer named), if any."""
+    said = re.findall(r"config sync: ([^\n]+)", logs or "")
+    return said[-1].strip() if said else None
+
+
+def _check_sync(code: int | None, container_name: str, logs: str | None = None) -> None:
+    """A config sync that failed leaves the previous config.toml in place; `up` must say why."""
+    if not code:
+        return
+    said = sync_said(logs)
+    if code == LOST_TOKEN_EXIT and said:
+        raise pulumi.RunError(f"runner container {container_name}: {said}")
+    reason = f": {said}" if said else f"; `docker logs {container_name}-sync` says why (no token is printed there)"
+    raise pulumi.RunError(
+        f"the config sync of {container_name} exited {code}: config.toml was not changed{reason}. Once GitLab "
+        f"answers (or the cause is fixed), run `pulumi up` again; with nothing else to change, add `--replace` "
+        f"on its `{container_name}-sync` container"
+    )

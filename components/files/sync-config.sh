@@ -15,6 +15,9 @@
 # GitLab would refuse (a revoked token, a wrong CA) is never installed.
 # The file is replaced in one rename; the running runner notices the change and reloads it. Nothing
 # here prints a token, and the staged copy is removed from this container when the script ends.
+# A failure ends with one "config sync: …" line naming GitLab's answer, which `pulumi up` repeats; exit
+# code 3 says GitLab refuses the stack's token of a runner whose own token this volume does not hold
+# (removed by hand with the volume, after the runner had rotated it): only a new token helps.
 #
 # Needs only a POSIX shell, awk, sha256sum and mktemp (busybox on alpine, coreutils on ubuntu).
 set -eu
@@ -30,6 +33,23 @@ trap 'rm -rf "$work"; rm -f "$staged"' EXIT
 
 fail() { echo "config sync: $*" >&2; exit 1; }
 mask() { sed 's/glrt-[A-Za-z0-9_.-]*/glrt-[MASKED]/g'; }
+# GitLab's answer in a runner's log, from the status it names (status=502, status 502,
+# status="502 Bad Gateway"); the runner has retried 408, 429 and 5xx answers before it gives up.
+answer_in() {
+  code="$(sed -n 's/.*status[ =("]*\([1-5][0-9][0-9]\).*/\1/p' "$1" | tail -n 1)"
+  case "$code" in
+    "") echo "no HTTP answer (see its log above)" ;;
+    401) echo "401 Unauthorized" ;;
+    403) echo "403 Forbidden" ;;
+    404) echo "404 Not Found" ;;
+    429) echo "429 Too Many Requests (after the runner's retries)" ;;
+    500) echo "500 Internal Server Error (after the runner's retries)" ;;
+    502) echo "502 Bad Gateway (after the runner's retries)" ;;
+    503) echo "503 Service Unavailable (after the runner's retries)" ;;
+    504) echo "504 Gateway Timeout (after the runner's retries)" ;;
+    *) echo "$code" ;;
+  esac
+}
 [ -s "$staged" ] || fail "no staged config at $staged"
 mkdir -p "$dir"
 touch "$seeds"
@@ -87,7 +107,12 @@ for name in $(cut -f1 "$work/staged-fields" | sort -u); do
   if ! CI_SERVER_TOKEN="$token" CI_SERVER_TLS_CA_FILE="$ca_file" "$runner" register --non-interactive \
     --config "$reg/config.toml" --url "$url" --name "$name" --executor shell > "$reg/log" 2>&1; then
     mask < "$reg/log" >&2
-    fail "GitLab did not accept the token of runner $name at $url (see above); nothing was changed"
+    answer="$(answer_in "$reg/log")"
+    if [ "$answer" = "403 Forbidden" ] && [ ! -s "$conf" ]; then
+      echo "config sync: GitLab refuses the stack's token of runner $name (403 Forbidden) and this config volume is new, holding no token of the runner's own: if the runner had rotated its token itself, the current one went with the volume. Nothing was changed. Give the runner a new token through the stack: create a new runner in GitLab and set runnerTokens.$name to its token (or raise the runner's tokenGeneration), then run pulumi up" >&2
+      exit 3
+    fi
+    fail "GitLab answered $answer to the check of runner $name's token at $url; nothing was changed"
   fi
   [ -f "$dir/.runner_system_id" ] || cp "$reg/.runner_system_id" "$dir/.runner_system_id"
   runner_lines "$reg/config.toml" "id token token_obtained_at token_expires_at" \
@@ -122,7 +147,7 @@ awk -v creds="$credentials" '
 [ -f "$dir/.runner_system_id" ] && cp "$dir/.runner_system_id" "$work/.runner_system_id"
 if ! "$runner" verify --config "$work/config.toml" > "$work/verify.log" 2>&1; then
   mask < "$work/verify.log" >&2
-  fail "GitLab did not accept every runner of the new config.toml (see above); nothing was changed"
+  fail "GitLab answered $(answer_in "$work/verify.log") to the check of the new config.toml; nothing was changed"
 fi
 cp "$work/config.toml" "$dir/.config.toml.new"
 mv "$dir/.config.toml.new" "$conf"

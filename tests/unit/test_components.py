@@ -6,6 +6,7 @@ import tomllib
 from typing import Any
 
 import pulumi
+import pytest
 
 from components.docker_host import DockerHost, DockerHostArgs
 from components.kubernetes_runner import SECRETS_FINGERPRINT, KubernetesRunner, KubernetesRunnerArgs, fingerprint
@@ -141,7 +142,8 @@ def test_the_sync_container_carries_config_toml_as_a_secret(mocks: RecordingMock
     _docker_host(mocks, [{"name": "d", "executor": "docker"}])
     sync = _containers(mocks)["gitlab-runner-unit-docker-sync"]
     inputs = sync.inputs
-    assert inputs["attach"] is True and inputs["mustRun"] is False and inputs["logs"] is False
+    # Its output is kept (the script masks every token) so that a failure is told by `up` itself.
+    assert inputs["attach"] is True and inputs["mustRun"] is False and inputs["logs"] is True
     assert inputs["rm"] is False
     assert inputs["entrypoints"] == ["/bin/sh", "/gitlab-runners/sync-config"]
     assert any(p.startswith("uploads") for p in sync.secret_inputs), "config.toml must travel as a secret"
@@ -150,6 +152,29 @@ def test_the_sync_container_carries_config_toml_as_a_secret(mocks: RecordingMock
     config = tomllib.loads(staged["content"])
     assert config["runners"][0]["token"] == "glrt-d-unit" and config["runners"][0]["url"] == "https://gl.example"
     assert config["listen_address"] == "127.0.0.1:9252"
+
+
+def test_a_failed_sync_is_told_with_what_it_said() -> None:
+    from components.docker_runner import _check_sync
+
+    _check_sync(0, "gr-shell", "config sync: config.toml installed (1 runner(s))")
+    logs = (
+        "INFO:   Waiting before making the next call duration=1s method=POST status=502\n"
+        "config sync: GitLab answered 502 Bad Gateway (after the runner's retries) to the check of the new "
+        "config.toml; nothing was changed\n"
+    )
+    with pytest.raises(pulumi.RunError) as caught:
+        _check_sync(1, "gr-shell", logs)
+    message = str(caught.value)
+    assert message.startswith("the config sync of gr-shell exited 1: config.toml was not changed: GitLab answered 502")
+    assert "run `pulumi up` again" in message and "`gr-shell-sync`" in message
+    with pytest.raises(pulumi.RunError, match="`docker logs gr-shell-sync` says why"):
+        _check_sync(1, "gr-shell", None)
+    lost = "config sync: GitLab refuses the stack's token of runner a (403 Forbidden) and ... set runnerTokens.a\n"
+    with pytest.raises(pulumi.RunError) as caught:
+        _check_sync(3, "gr-shell", lost)
+    assert str(caught.value).startswith("runner container gr-shell: GitLab refuses the stack's token of runner a")
+    assert "exited" not in str(caught.value)
 
 
 def test_shell_runners_get_a_container_of_their_own_without_the_socket(mocks: RecordingMocks) -> None:
