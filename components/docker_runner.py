@@ -5,7 +5,8 @@ through the runner container's own inputs: every input of a Docker container for
 and replacing a runner stops its job intake and drains it for up to the stop timeout. So a settings
 change re-runs only the sync container; the running runner notices the new file and reloads it. The
 sync keeps the credentials the runner owns (components/files/sync-config.sh): a token the runner
-rotated itself is never overwritten.
+rotated itself is never overwritten. A config.toml edited by hand runs the sync again
+(components/config_drift.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
+from components.config_drift import RESTORED_LABEL, restore_label
 from components.docker_health import Engine, wait_healthy
 from components.runner_config import gitlab_host, render_config_toml
 from components.settings import GlobalSettings, Runner
@@ -168,6 +170,23 @@ class DockerRunner(pulumi.ComponentResource):
         )
         config_volume = docker.ContainerVolumeArgs(volume_name=volume.name, container_path=CONFIG_DIR)
 
+        sync_labels: pulumi.Input[Sequence[pulumi.Input[docker.ContainerLabelArgs]]] = [
+            docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()
+        ]
+        if args.engine is not None:
+            # A config.toml edited by hand on the host gives the sync a new label, so it runs again
+            # (components/config_drift.py); the label is a time and a hash, no secret.
+            engine, container_name = args.engine, args.container_name
+            restored = pulumi.Output.unsecret(
+                config_toml.apply(lambda text: restore_label(engine, container_name, text))
+            )
+            sync_labels = restored.apply(
+                lambda marker: [
+                    *(docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()),
+                    *([docker.ContainerLabelArgs(label=RESTORED_LABEL, value=marker)] if marker else []),
+                ]
+            )
+
         # Runs once per rendered config.toml: a changed file replaces this container, and only it.
         sync = docker.Container(
             f"{name}-sync",
@@ -187,7 +206,7 @@ class DockerRunner(pulumi.ComponentResource):
             restart="no",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
             security_opts=["no-new-privileges:true"],
-            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()],
+            labels=sync_labels,
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["uploads", "containerLogs"]),
         )
         pulumi.Output.all(sync.exit_code, sync.container_logs).apply(

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from components import docker_health
+from components import config_drift, docker_health
 from tests.unit.mocks import RecordingMocks, install
 
 MOCKS = RecordingMocks()
@@ -23,6 +23,9 @@ def _healthy(engine: docker_health.Engine, container: str, timeout: float = 10) 
 
 REAL_INSPECT = docker_health.inspect
 docker_health.inspect = _healthy
+# Nor is there a config volume to read: what the drift check observes is a host with nothing on it.
+REAL_OBSERVE = config_drift.observe
+config_drift.observe = lambda engine, container_name: config_drift.Observation(None, None)
 
 
 @pytest.fixture()
