@@ -215,6 +215,8 @@ class Answered:
     token: str | None
     status: int
     at: float
+    correlation: str | None = None
+    """The call's X-Request-Id: the runner sends the same one on every attempt of a call."""
 
 
 def fault_answer(status: int, retry_after: int | None) -> Answer:
@@ -512,7 +514,13 @@ class GitLabDouble:
                 token = data.get("token")
                 with self.lock:
                     self.fault_answers.append(
-                        Answered(endpoint, token if isinstance(token, str) else None, fault.status, time.time())
+                        Answered(
+                            endpoint,
+                            token if isinstance(token, str) else None,
+                            fault.status,
+                            time.time(),
+                            headers.get("x-request-id"),
+                        )
                     )
                 return fault_answer(fault.status, fault.retry_after)
         with self.lock:

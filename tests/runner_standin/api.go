@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -194,6 +196,12 @@ func waitTime(header http.Header, b *backoff) time.Duration {
 	return b.next()
 }
 
+func correlationID() string {
+	raw := make([]byte, 16)
+	_, _ = crand.Read(raw)
+	return hex.EncodeToString(raw)
+}
+
 var numericSegment = regexp.MustCompile(`/[0-9]+(/|$)`)
 
 // countAttempts is the runner's gitlab_runner_api_request_retries_total: every attempt of a call
@@ -225,6 +233,8 @@ func (c *client) postJSONContext(ctx context.Context, path string, token string,
 	if token != "" {
 		header.Set("RUNNER-TOKEN", token)
 	}
+	// One correlation id per call, the same on each of its attempts (network/gitlab.go addCorrelationID).
+	header.Set("X-Request-Id", correlationID())
 	return c.doContext(ctx, http.MethodPost, path, header, body, endpoint, token)
 }
 

@@ -16,9 +16,14 @@ func flaky(t *testing.T, failures int, status int, header http.Header) (*client,
 	t.Helper()
 	var mu sync.Mutex
 	var seen []time.Time
-	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	var ids []string
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		seen = append(seen, time.Now())
+		ids = append(ids, r.Header.Get("X-Request-Id"))
+		if len(ids) > 1 && ids[len(ids)-1] != ids[0] {
+			t.Errorf("attempt %d of one call carried another correlation id", len(ids))
+		}
 		n := len(seen)
 		mu.Unlock()
 		if n <= failures {
