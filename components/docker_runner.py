@@ -28,6 +28,9 @@ from components.settings.model import Cache, Readiness
 COMPONENT_TYPE = "gitlab-runners:index:DockerRunner"
 CONFIG_DIR = "/etc/gitlab-runner"
 SOCKET_IN_CONTAINER = "/var/run/docker.sock"
+# As the engine stores and reads them back (Docker normalises capability names to CAP_…): written
+# otherwise, every refresh sees a difference and replaces every container.
+DROPPED_CAPABILITIES = ["CAP_NET_RAW"]
 STAGING_DIR = "/gitlab-runners"
 FILES = Path(__file__).resolve().parent / "files"
 # Time a delete gets beyond the stop timeout: the daemon's own stop, removal and the provider's checks.
@@ -204,7 +207,7 @@ class DockerRunner(pulumi.ComponentResource):
             logs=True,
             rm=False,
             restart="no",
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
+            capabilities=docker.ContainerCapabilitiesArgs(drops=DROPPED_CAPABILITIES),
             security_opts=["no-new-privileges:true"],
             labels=sync_labels,
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["uploads", "containerLogs"]),
@@ -242,7 +245,7 @@ class DockerRunner(pulumi.ComponentResource):
             # Where the gate cannot ask the host's API itself, the provider waits (on create only).
             wait=args.readiness.enabled and args.engine is None,
             wait_timeout=args.readiness.timeout_seconds if args.engine is None else None,
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
+            capabilities=docker.ContainerCapabilitiesArgs(drops=DROPPED_CAPABILITIES),
             security_opts=["no-new-privileges:true"],
             privileged=False,
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in labels.items()],

@@ -126,6 +126,8 @@ def test_docker_runner_container_never_carries_the_config(mocks: RecordingMocks)
     assert runner["stopSignal"] == "SIGQUIT" and runner["stopTimeout"] == 3600
     assert runner["destroyGraceSeconds"] == 3600
     assert runner["privileged"] is False
+    # In the form the engine reads back, or `pulumi up --refresh` would replace the container.
+    assert runner["capabilities"] == {"drops": ["CAP_NET_RAW"]}
     # Nothing that changes with the settings: config.toml reaches the volume through the sync container.
     assert "uploads" not in runner and "envs" not in runner and "command" not in runner
     assert {"volumeName": "gitlab-runner-unit-docker-config", "containerPath": "/etc/gitlab-runner"} in runner[
