@@ -218,18 +218,26 @@ func (m *manager) rotateLoop() {
 }
 
 func (m *manager) feedLoop() {
+	// Each round starts one runner further on: the runner feeds its runners in turn to the workers that
+	// free up (commands/multi.go feedRunners), so a runner first in config.toml never takes every slot.
+	first := 0
 	for {
 		config, stopping := m.snapshot()
 		if stopping {
 			return
 		}
-		for _, runner := range config.Runners {
+		count := len(config.Runners)
+		for i := 0; i < count; i++ {
+			runner := config.Runners[(first+i)%count]
 			if !m.isHealthy(runner) {
 				continue
 			}
 			if m.claim(config, runner) {
 				m.requestJob(config, runner)
 			}
+		}
+		if count > 0 {
+			first = (first + 1) % count
 		}
 		interval := time.Duration(config.CheckInterval) * time.Second
 		if interval <= 0 {
