@@ -212,8 +212,11 @@ class DockerRunner(pulumi.ComponentResource):
             labels=sync_labels,
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["uploads", "containerLogs"]),
         )
-        pulumi.Output.all(sync.exit_code, sync.container_logs).apply(
-            lambda parts: _check_sync(parts[0], args.container_name, parts[1])
+        # Resolves once the sync succeeded; a failed one raises, saying why. The runner container waits
+        # on it: a runner started before its first config.toml would never serve its metrics (it binds
+        # listen_address at start only), so it is not created, nor changed, on a failed sync.
+        synced: pulumi.Output[pulumi.Resource] = pulumi.Output.all(sync.exit_code, sync.container_logs).apply(
+            lambda parts: _synced(sync, parts[0], args.container_name, parts[1])
         )
 
         volumes = [config_volume]
@@ -253,7 +256,7 @@ class DockerRunner(pulumi.ComponentResource):
                 parent=self,
                 # The first config.toml is in the volume before the runner starts; later ones reach it
                 # without touching this container.
-                depends_on=[sync],
+                depends_on=[sync, synced],
                 custom_timeouts=pulumi.CustomTimeouts(delete=f"{args.stop_timeout + DELETE_MARGIN_SECONDS}s"),
             ),
         )
@@ -280,6 +283,12 @@ def sync_said(logs: str | None) -> str | None:
     """The sync's last "config sync: …" line (what went wrong, GitLab's answer named), if any."""
     said = re.findall(r"config sync: ([^\n]+)", logs or "")
     return said[-1].strip() if said else None
+
+
+def _synced(sync: pulumi.Resource, code: int | None, container_name: str, logs: str | None) -> pulumi.Resource:
+    """The sync container, once it installed config.toml."""
+    _check_sync(code, container_name, logs)
+    return sync
 
 
 def _check_sync(code: int | None, container_name: str, logs: str | None = None) -> None:
