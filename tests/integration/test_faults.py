@@ -1,7 +1,8 @@
 """Faults, measured for real: the Pulumi engine and CLI on a file backend, the docker provider, two real
-Docker 29 engines (the session's, and one this module starts and restarts itself), the GitLab API double
-and the runner stand-in (a test double of gitlab-runner, retrying as the runner's own retry requester
-does). No job lost, no token lost, and a stack that always converges:
+Docker engines (host a: the session's current engine; host b: one this module starts, and restarts, on
+the same release, or Debian's 20.10 where Docker 29 was not built), the GitLab API double and the runner
+stand-in (a test double of gitlab-runner, retrying as the runner's own retry requester does). No job
+lost, no token lost, and a stack that always converges:
 
 1. jobs in flight while the settings change, the image is upgraded, a token is rotated by the stack and
    by the runner itself, and a host leaves the stack;
@@ -291,6 +292,13 @@ def faults(engine: Engine, host_b: ExtraEngine, tmp_path_factory: pytest.TempPat
                     Path(os.environ["GITLAB_RUNNERS_FAULTS_TABLE"]).write_text(table() + "\n")
 
 
+def changed(up: auto.UpResult) -> str:
+    """What an update did, as `pulumi up` sums it up: "2 replaced, 16 unchanged"."""
+    words = {"same": "unchanged", "replace": "replaced", "create": "created", "delete": "deleted", "update": "updated"}
+    counts: dict[str, int] = dict(up.summary.resource_changes or {})  # type: ignore[arg-type]
+    return ", ".join(f"{n} {words.get(op, op)}" for op, n in sorted(counts.items(), key=lambda kv: kv[0] == "same"))
+
+
 def holds(f: Faults, host: str, runner: str, token: str) -> bool:
     return f.held(host, runner) == token
 
@@ -343,8 +351,8 @@ def test_jobs_in_flight_go_on_through_settings_image_tokens_and_a_host_leaving(f
     assert all(after[k] == before[k] for k in before if not k.endswith("-sync")), "a runner container was replaced"
     assert all(after[k] != before[k] for k in before if k.endswith("-sync"))
     happened["settings change"] = (
-        f"`limit` of both runners: the sync containers ran again ({dict(up.summary.resource_changes or {})}), "
-        "the runners reloaded config.toml in place"
+        f"`limit` of both runners changed: the two sync containers ran again ({changed(up)}); "
+        "the runners reloaded config.toml in place, no restart"
     )
     tokens["settings change"] = f.tokens_kept()
 
@@ -353,11 +361,12 @@ def test_jobs_in_flight_go_on_through_settings_image_tokens_and_a_host_leaving(f
     docker = f.stack.config("docker")
     docker["image"]["extraPackages"] = [] if docker["image"].get("extraPackages") else ["jq"]
     f.stack.set("docker", docker)
-    f.stack.up()
+    up = f.stack.up()
     replaced = f.ids()
     assert all(replaced[k] != after[k] for k in after if not k.endswith("-sync")), "a runner container was kept"
     happened["image upgrade"] = (
-        "new image on both hosts: each runner drained its jobs on SIGQUIT, then the new one took over"
+        f"a new image on both hosts ({changed(up)}): each runner container got SIGQUIT, finished its jobs, "
+        "and the new one took over"
     )
     tokens["image upgrade"] = f.tokens_kept()
 
@@ -377,8 +386,8 @@ def test_jobs_in_flight_go_on_through_settings_image_tokens_and_a_host_leaving(f
     f.gitlab.delete_runner(spread)
     stream.runners.discard(spread.id)
     happened["token rotation by the stack"] = (
-        "f-spread: new runner in GitLab, runnerTokens, `up` (config.toml reloaded on both hosts, no restart), "
-        "old runner deleted"
+        "f-spread (on both hosts): a new runner in GitLab, its token in runnerTokens, `up` (config.toml reloaded "
+        "in place on both hosts), then the old runner deleted in GitLab"
     )
     tokens["token rotation by the stack"] = f.tokens_kept()
 
@@ -392,7 +401,8 @@ def test_jobs_in_flight_go_on_through_settings_image_tokens_and_a_host_leaving(f
     with f.gitlab.lock:
         resets = sum(1 for r in f.gitlab.resets if r.runner_id == solo.id and r.at.timestamp() >= starts[0][1])
     happened["token rotation by the runner"] = (
-        f"f-solo reset its token itself ({resets} time(s) during the stream) and wrote it to config.toml"
+        f"f-solo (token lifetime 40 s) reset its token itself, {resets} times during the stream, and kept "
+        "polling with the new one"
     )
     tokens["token rotation by the runner"] = f.tokens_kept()
 
@@ -404,9 +414,12 @@ def test_jobs_in_flight_go_on_through_settings_image_tokens_and_a_host_leaving(f
     runners = f.stack.config("runners")
     runners[0]["hosts"] = ["a"]
     f.stack.set("runners", runners)
-    f.stack.up()
+    up = f.stack.up()
     assert f.owned_on("b") == ([], [])
-    happened["a host removed"] = "host b left the stack: its runner drained on SIGQUIT, container and volume removed"
+    happened["a host removed"] = (
+        f"host b left the stack ({changed(up)}): its runner container finished its jobs on SIGQUIT, then it "
+        "and its volume were removed; host a took the jobs"
+    )
     tokens["a host removed"] = f.tokens_kept()
 
     counts = settle(stream)
@@ -609,8 +622,8 @@ def test_drift_by_hand_is_brought_back_by_up_refresh(faults: Faults) -> None:
     assert b.exists("container", f.container)
     f.keeps_polling(time.time())
     happened["runner container removed by hand"] = (
-        f"host b's runner container stopped and removed: `up --refresh` created it again "
-        f"({dict(up.summary.resource_changes or {})}), on the config.toml its volume kept"
+        f"host b's runner container (`docker stop`, `docker rm`): `up --refresh` created it again ({changed(up)}) "
+        "on the config.toml its volume kept"
     )
     tokens["runner container removed by hand"] = f.tokens_kept()
 
@@ -620,8 +633,8 @@ def test_drift_by_hand_is_brought_back_by_up_refresh(faults: Faults) -> None:
     up = f.stack.up(refresh=True)
     f.keeps_polling(time.time())
     happened["config volume removed by hand"] = (
-        "host b's volume (and its containers) removed: `up --refresh` created them again; the sync registered "
-        "the stack's token of f-spread anew"
+        f"host b's config volume, with its containers: `up --refresh` created them again ({changed(up)}); the "
+        "sync verified the stack's token of f-spread anew"
     )
     tokens["config volume removed by hand"] = f.tokens_kept()
 
@@ -637,8 +650,8 @@ def test_drift_by_hand_is_brought_back_by_up_refresh(faults: Faults) -> None:
     assert changes.get("replace") == 1, up.stdout[-4000:]  # host a's sync container, and only it
     f.keeps_polling(time.time())
     happened["config.toml edited by hand"] = (
-        "`concurrent = 99` on host a: `up --refresh` saw it (the program reads config.toml through the Docker API), "
-        "ran the sync again and the runner reloaded the stack's file; the next `up` changes nothing"
+        f"`concurrent = 99` written on host a: `up --refresh` saw it ({changed(up)}: the sync container, given a "
+        "new restore label), the runner reloaded the stack's file; the next `up` changed nothing"
     )
     tokens["config.toml edited by hand"] = f.tokens_kept()
 
@@ -663,11 +676,11 @@ def test_drift_by_hand_is_brought_back_by_up_refresh(faults: Faults) -> None:
     stream.runners.discard(old.id)
     f.keeps_polling(time.time())
     happened[event] = (
-        "host a's volume removed 30 s after f-solo rotated its token: `up --refresh` failed saying GitLab refuses "
-        "the stack's token (403) and the runner's own went with the volume, naming the way out; a new runner "
-        "in GitLab, runnerTokens.f-solo, `up`: converged"
+        "host a's config volume, after f-solo had rotated its token: `up --refresh` failed before starting the "
+        "runner, saying GitLab refuses the stack's token (403), the runner's own went with the volume, and the "
+        "way out; then a new runner in GitLab, runnerTokens.f-solo, `up`: converged"
     )
-    tokens[event] = f"{f.tokens_kept()} (f-solo's own token was in the volume removed by hand; a new one)"
+    tokens[event] = f"{f.tokens_kept()}, f-solo's a new one (its own was in the volume removed by hand)"
 
     settle(stream)
     grouped = by_window(stream.jobs, starts)
@@ -731,18 +744,22 @@ def test_gitlab_answering_500_502_and_429_for_a_while(faults: Faults) -> None:
                 assert all(retry_after - 0.05 <= gap <= retry_after + 1.0 for gap in gaps), gaps
             else:
                 assert all(0.09 <= gap <= 0.1 * 2**k + 0.5 for k, gap in enumerate(gaps)), gaps
+        # The sync's verify too: every call 5 attempts.
+        checks = attempts_of_calls(f.gitlab.answered_with_faults("verify", started))
+        assert checks and all(len(c) == 5 for c in checks), checks
         f.gitlab.heal()
         since = time.time()
         f.keeps_polling(since)
+        wait = f"Retry-After {retry_after} s apart" if retry_after else "backoff 0.1-0.8 s apart"
         happened[event] = (
-            f"to verify and job requests: each request tried 5 times ({len(calls)} calls seen), the runners kept "
-            f"polling; `up` of a settings change failed naming GitLab's answer ({named}), nothing changed"
+            f"to verify and job requests: each job request and each verify tried 5 times ({wait}), the runners "
+            f'kept polling; `up` of a settings change failed saying "GitLab answered {named}", nothing changed'
         )
         tokens[event] = f.tokens_kept()
     # GitLab answers again: the next `up` converges.
     starts.append(("GitLab answers again", time.time()))
     f.stack.up()
-    happened["GitLab answers again"] = "the next `up` made the settings change"
+    happened["GitLab answers again"] = "the next `up` made the settings change; the queued jobs ran"
     tokens["GitLab answers again"] = f.tokens_kept()
     settle(stream)
     grouped = by_window(stream.jobs, starts)
