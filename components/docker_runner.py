@@ -298,9 +298,11 @@ def _check_sync(code: int | None, container_name: str, logs: str | None = None) 
     said = sync_said(logs)
     if code == LOST_TOKEN_EXIT and said:
         raise pulumi.RunError(f"runner container {container_name}: {said}")
-    reason = f": {said}" if said else f"; `docker logs {container_name}-sync` says why (no token is printed there)"
+    reason = said or (
+        f"config.toml was not changed; `docker logs {container_name}-sync` says why (no token is printed there)"
+    )
     raise pulumi.RunError(
-        f"the config sync of {container_name} exited {code}: config.toml was not changed{reason}. Once GitLab "
-        f"answers (or the cause is fixed), run `pulumi up` again; with nothing else to change, add `--replace` "
-        f"on its `{container_name}-sync` container"
+        f"the config sync of {container_name} exited {code}: {reason}. Once GitLab answers (or the cause is "
+        f"fixed), run `pulumi up` again; with nothing else to change, add `--replace` on its "
+        f"`{container_name}-sync` container"
     )

@@ -38,16 +38,16 @@ mask() { sed 's/glrt-[A-Za-z0-9_.-]*/glrt-[MASKED]/g'; }
 answer_in() {
   code="$(sed -n 's/.*status[ =("]*\([1-5][0-9][0-9]\).*/\1/p' "$1" | tail -n 1)"
   case "$code" in
-    "") echo "no HTTP answer (see its log above)" ;;
-    401) echo "401 Unauthorized" ;;
-    403) echo "403 Forbidden" ;;
-    404) echo "404 Not Found" ;;
-    429) echo "429 Too Many Requests (after the runner's retries)" ;;
-    500) echo "500 Internal Server Error (after the runner's retries)" ;;
-    502) echo "502 Bad Gateway (after the runner's retries)" ;;
-    503) echo "503 Service Unavailable (after the runner's retries)" ;;
-    504) echo "504 Gateway Timeout (after the runner's retries)" ;;
-    *) echo "$code" ;;
+    "") echo "no answer from GitLab over HTTP (connection, DNS or TLS: see the runner's log above)" ;;
+    401) echo "GitLab answered 401 Unauthorized" ;;
+    403) echo "GitLab answered 403 Forbidden" ;;
+    404) echo "GitLab answered 404 Not Found" ;;
+    429) echo "GitLab answered 429 Too Many Requests (after the runner's retries)" ;;
+    500) echo "GitLab answered 500 Internal Server Error (after the runner's retries)" ;;
+    502) echo "GitLab answered 502 Bad Gateway (after the runner's retries)" ;;
+    503) echo "GitLab answered 503 Service Unavailable (after the runner's retries)" ;;
+    504) echo "GitLab answered 504 Gateway Timeout (after the runner's retries)" ;;
+    *) echo "GitLab answered $code" ;;
   esac
 }
 [ -s "$staged" ] || fail "no staged config at $staged"
@@ -108,11 +108,11 @@ for name in $(cut -f1 "$work/staged-fields" | sort -u); do
     --config "$reg/config.toml" --url "$url" --name "$name" --executor shell > "$reg/log" 2>&1; then
     mask < "$reg/log" >&2
     answer="$(answer_in "$reg/log")"
-    if [ "$answer" = "403 Forbidden" ] && [ ! -s "$conf" ]; then
+    if [ "$answer" = "GitLab answered 403 Forbidden" ] && [ ! -s "$conf" ]; then
       echo "config sync: GitLab refuses the stack's token of runner $name (403 Forbidden) and this config volume is new, holding no token of the runner's own: if the runner had rotated its token itself, the current one went with the volume. Nothing was changed. Give the runner a new token through the stack: create a new runner in GitLab and set runnerTokens.$name to its token (or raise the runner's tokenGeneration), then run pulumi up" >&2
       exit 3
     fi
-    fail "GitLab answered $answer to the check of runner $name's token at $url; nothing was changed"
+    fail "the check of runner $name's token at $url failed: $answer; nothing was changed"
   fi
   [ -f "$dir/.runner_system_id" ] || cp "$reg/.runner_system_id" "$dir/.runner_system_id"
   runner_lines "$reg/config.toml" "id token token_obtained_at token_expires_at" \
@@ -147,7 +147,7 @@ awk -v creds="$credentials" '
 [ -f "$dir/.runner_system_id" ] && cp "$dir/.runner_system_id" "$work/.runner_system_id"
 if ! "$runner" verify --config "$work/config.toml" > "$work/verify.log" 2>&1; then
   mask < "$work/verify.log" >&2
-  fail "GitLab answered $(answer_in "$work/verify.log") to the check of the new config.toml; nothing was changed"
+  fail "the check of the new config.toml failed: $(answer_in "$work/verify.log"); nothing was changed"
 fi
 cp "$work/config.toml" "$dir/.config.toml.new"
 mv "$dir/.config.toml.new" "$conf"

@@ -810,8 +810,8 @@ def test_the_engine_restarting_while_runners_hold_jobs(faults: Faults) -> None:
         Row(
             "Docker engine restarted (host b)",
             f"dockerd stopped (SIGTERM) and started again ({down:.0f} s) while host b's runner held "
-            f"{len(held)} job(s): the engine's shutdown sent it SIGQUIT and waited, the job(s) ended "
-            f"{sorted({state for state, _ in outcomes.values()})}; "
+            f"{len(held)} job(s): the engine's shutdown sent it SIGQUIT and waited; the job(s) ended in "
+            f"{', '.join(sorted({state for state, _ in outcomes.values()}))}; "
             "it came back by its restart policy (same container); `up` after it: no change",
             counts["handed_out"],
             counts["finished"],

@@ -162,13 +162,16 @@ def test_a_failed_sync_is_told_with_what_it_said() -> None:
     _check_sync(0, "gr-shell", "config sync: config.toml installed (1 runner(s))")
     logs = (
         "INFO:   Waiting before making the next call duration=1s method=POST status=502\n"
-        "config sync: GitLab answered 502 Bad Gateway (after the runner's retries) to the check of the new "
-        "config.toml; nothing was changed\n"
+        "config sync: the check of the new config.toml failed: GitLab answered 502 Bad Gateway (after the "
+        "runner's retries); nothing was changed\n"
     )
     with pytest.raises(pulumi.RunError) as caught:
         _check_sync(1, "gr-shell", logs)
     message = str(caught.value)
-    assert message.startswith("the config sync of gr-shell exited 1: config.toml was not changed: GitLab answered 502")
+    assert message.startswith(
+        "the config sync of gr-shell exited 1: the check of the new config.toml failed: GitLab answered 502 Bad "
+        "Gateway (after the runner's retries); nothing was changed. Once GitLab answers"
+    )
     assert "run `pulumi up` again" in message and "`gr-shell-sync`" in message
     with pytest.raises(pulumi.RunError, match="`docker logs gr-shell-sync` says why"):
         _check_sync(1, "gr-shell", None)
