@@ -73,28 +73,43 @@ def negotiate(server: dict[str, Any]) -> str:
     return f"{newest[0]}.{newest[1]}"
 
 
-def _get(connection: http.client.HTTPConnection, path: str) -> Any:
+def _get(connection: http.client.HTTPConnection, path: str, raw: bool = False, missing_ok: bool = False) -> Any:
     connection.request("GET", path)
     response = connection.getresponse()
     body = response.read()
+    if missing_ok and response.status == 404:
+        return None
     if response.status != 200:
         message = body.decode(errors="replace").strip()[:200]
         raise OSError(f"the Docker API answered {response.status} to GET {path}: {message}")
-    return json.loads(body)
+    return body if raw else json.loads(body)
+
+
+def _connect(engine: Engine, timeout: float) -> http.client.HTTPConnection:
+    if engine.host.startswith("unix://"):
+        return _UnixConnection(engine.host[len("unix://") :], timeout)
+    address = engine.host[len("tcp://") :].split("/", 1)[0]
+    host, _, port = address.rpartition(":")
+    if engine.cert_path is None:
+        raise OSError(f"{engine.host} has no certPath to reach its API with")
+    context = _tls_context(engine.cert_path)
+    return http.client.HTTPSConnection(host, int(port or 2376), timeout=timeout, context=context)
+
+
+def request(engine: Engine, path: str, raw: bool = False, timeout: float = 10) -> Any:
+    """GET one Engine API path (`/containers/x/json`) at the version negotiated with the engine: its
+    JSON, or its bytes with `raw`; None where the engine answers 404 (no such container)."""
+    connection = _connect(engine, timeout)
+    try:
+        version = negotiate(_get(connection, "/version"))
+        return _get(connection, f"/v{version}{path}", raw=raw, missing_ok=True)
+    finally:
+        connection.close()
 
 
 def inspect(engine: Engine, container: str, timeout: float = 10) -> dict[str, Any]:
     """`docker inspect` of one container, through the Engine API at the version negotiated with it."""
-    connection: http.client.HTTPConnection
-    if engine.host.startswith("unix://"):
-        connection = _UnixConnection(engine.host[len("unix://") :], timeout)
-    else:
-        address = engine.host[len("tcp://") :].split("/", 1)[0]
-        host, _, port = address.rpartition(":")
-        if engine.cert_path is None:
-            raise OSError(f"{engine.host} has no certPath to reach its API with")
-        context = _tls_context(engine.cert_path)
-        connection = http.client.HTTPSConnection(host, int(port or 2376), timeout=timeout, context=context)
+    connection = _connect(engine, timeout)
     try:
         version = negotiate(_get(connection, "/version"))
         found: dict[str, Any] = _get(connection, f"/v{version}/containers/{container}/json")

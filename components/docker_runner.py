@@ -6,7 +6,8 @@ replacement (ForceNew in the Terraform provider the docker provider wraps), and 
 stops its job intake and drains it for up to the stop timeout. So a settings change re-runs only the
 sync container; the running runner notices the new file and reloads it. The sync keeps the
 credentials the runner owns (components/files/sync-config.sh): a token the runner rotated itself is
-never overwritten, and it checks the new file (and a new CA) with GitLab before either goes live.
+never overwritten, and it checks the new file (and a new CA) with GitLab before either goes live. A
+config.toml edited by hand runs the sync again (components/config_drift.py).
 
 What still reaches the runner container is what Docker fixes when it creates one, each a setting the
 runner cannot take by a reload: the image, name, stop timeout, network mode, mounts, published ports and
@@ -25,6 +26,7 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
+from components.config_drift import RESTORED_LABEL, restore_label
 from components.docker_health import Engine, wait_healthy
 from components.runner_config import gitlab_host, render_config_toml
 from components.settings import GlobalSettings, Runner
@@ -33,6 +35,9 @@ from components.settings.model import Cache, Readiness
 COMPONENT_TYPE = "gitlab-runners:index:DockerRunner"
 CONFIG_DIR = "/etc/gitlab-runner"
 SOCKET_IN_CONTAINER = "/var/run/docker.sock"
+# As the engine stores and reads them back (Docker normalises capability names to CAP_…): written
+# otherwise, every refresh sees a difference and replaces every container.
+DROPPED_CAPABILITIES = ["CAP_NET_RAW"]
 STAGING_DIR = "/gitlab-runners"
 # The runner container's label holding the metrics address it binds: a new address replaces it.
 LISTEN_ADDRESS_LABEL = "io.gitlab-runners.listen-address"
@@ -179,7 +184,7 @@ class DockerRunner(pulumi.ComponentResource):
         # The allowance belongs to the config.toml that uses it: on the sync container, which a settings
         # change replaces anyway, never on the runner container or the volume (a label change replaces
         # them, and a volume replaced loses the credentials the runner holds).
-        sync_labels = {
+        allowance_labels = {
             **labels,
             "io.gitlab-runners.allow-privileged": "true" if args.allow_privileged else "false",
         }
@@ -230,6 +235,23 @@ class DockerRunner(pulumi.ComponentResource):
         )
         config_volume = docker.ContainerVolumeArgs(volume_name=volume.name, container_path=CONFIG_DIR)
 
+        sync_labels: pulumi.Input[Sequence[pulumi.Input[docker.ContainerLabelArgs]]] = [
+            docker.ContainerLabelArgs(label=k, value=v) for k, v in allowance_labels.items()
+        ]
+        if args.engine is not None:
+            # A config.toml edited by hand on the host gives the sync a new label, so it runs again
+            # (components/config_drift.py); the label is a time and a hash, no secret.
+            engine, container_name = args.engine, args.container_name
+            restored = pulumi.Output.unsecret(
+                config_toml.apply(lambda text: restore_label(engine, container_name, text))
+            )
+            sync_labels = restored.apply(
+                lambda marker: [
+                    *(docker.ContainerLabelArgs(label=k, value=v) for k, v in allowance_labels.items()),
+                    *([docker.ContainerLabelArgs(label=RESTORED_LABEL, value=marker)] if marker else []),
+                ]
+            )
+
         # Runs once per rendered config.toml: a changed file replaces this container, and only it.
         sync = docker.Container(
             f"{name}-sync",
@@ -247,17 +269,20 @@ class DockerRunner(pulumi.ComponentResource):
             logs=True,
             rm=False,
             restart="no",
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
+            capabilities=docker.ContainerCapabilitiesArgs(drops=DROPPED_CAPABILITIES),
             security_opts=["no-new-privileges:true"],
-            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sync_labels.items()],
+            labels=sync_labels,
             # A container's name is taken until it is gone: the provider deletes first when a change
             # replaces it, and `pulumi up --replace` (how a failed sync runs again unchanged) must too.
             opts=pulumi.ResourceOptions(
                 parent=self, additional_secret_outputs=["uploads", "containerLogs"], delete_before_replace=True
             ),
         )
-        pulumi.Output.all(sync.exit_code, sync.container_logs).apply(
-            lambda parts: _check_sync(parts[0], args.container_name, parts[1])
+        # Resolves once the sync succeeded; a failed one raises, saying why. The runner container waits
+        # on it: a runner started before its first config.toml would never serve its metrics (it binds
+        # listen_address at start only), so it is not created, nor changed, on a failed sync.
+        synced: pulumi.Output[pulumi.Resource] = pulumi.Output.all(sync.exit_code, sync.container_logs).apply(
+            lambda parts: _synced(sync, parts[0], args.container_name, parts[1])
         )
 
         volumes = [config_volume]
@@ -302,7 +327,7 @@ class DockerRunner(pulumi.ComponentResource):
             # Where the gate cannot ask the host's API itself, the provider waits (on create only).
             wait=args.readiness.enabled and args.engine is None,
             wait_timeout=args.readiness.timeout_seconds if args.engine is None else None,
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["NET_RAW"]),
+            capabilities=docker.ContainerCapabilitiesArgs(drops=DROPPED_CAPABILITIES),
             security_opts=["no-new-privileges:true"],
             privileged=False,
             # The address the runner bound when it started (it binds listen_address only then:
@@ -316,7 +341,7 @@ class DockerRunner(pulumi.ComponentResource):
                 parent=self,
                 # The first config.toml is in the volume before the runner starts; later ones reach it
                 # without touching this container.
-                depends_on=[sync],
+                depends_on=[sync, synced],
                 custom_timeouts=pulumi.CustomTimeouts(delete=f"{args.stop_timeout + DELETE_MARGIN_SECONDS}s"),
                 ignore_changes=fixed_labels,
                 # A new address needs a new runner process: said as a replacement, not left unapplied. The
@@ -345,10 +370,20 @@ class DockerRunner(pulumi.ComponentResource):
         )
 
 
+# The sync's exit code when GitLab refuses the stack's token and the volume is new (sync-config.sh).
+LOST_TOKEN_EXIT = 3
+
+
 def sync_said(logs: str | None) -> str | None:
     """The sync's last "config sync: …" line (what went wrong, GitLab's answer named), if any."""
     said = re.findall(r"config sync: ([^\n]+)", logs or "")
     return said[-1].strip() if said else None
+
+
+def _synced(sync: pulumi.Resource, code: int | None, container_name: str, logs: str | None) -> pulumi.Resource:
+    """The sync container, once it installed config.toml."""
+    _check_sync(code, container_name, logs)
+    return sync
 
 
 def _check_sync(code: int | None, container_name: str, logs: str | None = None) -> None:
@@ -356,9 +391,13 @@ def _check_sync(code: int | None, container_name: str, logs: str | None = None) 
     if not code:
         return
     said = sync_said(logs)
-    reason = f": {said}" if said else f"; `docker logs {container_name}-sync` says why (no token is printed there)"
+    if code == LOST_TOKEN_EXIT and said:
+        raise pulumi.RunError(f"runner container {container_name}: {said}")
+    reason = said or (
+        f"config.toml was not changed; `docker logs {container_name}-sync` says why (no token is printed there)"
+    )
     raise pulumi.RunError(
-        f"the config sync of {container_name} exited {code}: config.toml was not changed{reason}. Once fixed, "
-        f"run `pulumi up` again; with nothing else to change, add `--replace` on its `{container_name}-sync` "
-        f"container"
+        f"the config sync of {container_name} exited {code}: {reason}. Once GitLab answers (or the cause is "
+        f"fixed), run `pulumi up` again; with nothing else to change, add `--replace` on its "
+        f"`{container_name}-sync` container"
     )

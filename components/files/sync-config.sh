@@ -24,6 +24,8 @@
 # its environment), and the staged copy is removed from this container when the script ends. A
 # failure ends with one "config sync: ..." line naming each runner and GitLab's answer, which
 # `pulumi up` repeats.
+# Exit code 3 says GitLab refuses the stack's token of a runner whose own token this volume does not
+# hold (removed by hand with the volume, after the runner had rotated it): only a new token helps.
 #
 # A runner whose automatic token rotation is off (FF_DISABLE_AUTOMATIC_TOKEN_ROTATION in its
 # [runners.feature_flags]: a token other runner managers hold too) gets no token_expires_at, so the
@@ -31,7 +33,7 @@
 # every runner of the process when it reaches a runner with the flag, and the others' tokens would then
 # expire unrotated.
 #
-# Needs a POSIX shell, awk, sed, sha256sum, cmp, mktemp (busybox on alpine, coreutils on ubuntu), and
+# Needs a POSIX shell, awk, sed, sha256sum, cmp, mktemp, sleep (busybox on alpine, coreutils on ubuntu), and
 # curl or GNU wget for the check (the official images have curl; the ubuntu one wget too).
 set -eu
 umask 077
@@ -47,6 +49,32 @@ trap 'rm -rf "$work"; rm -f "$staged" "$dir/.config.toml.new" "$dir"/certs/*.crt
 
 fail() { echo "config sync: $*" >&2; exit 1; }
 mask() { sed 's/glrt-[A-Za-z0-9_.-]*/glrt-[MASKED]/g'; }
+# GitLab's answer in a runner's log, from the status it names (status=502, status 502,
+# status="502 Bad Gateway"); the runner has retried 408, 429 and 5xx answers before it gives up.
+# An HTTP status with its reason phrase, as GitLab's answers name them.
+status_named() {
+  case "$1" in
+    401) echo "401 Unauthorized" ;;
+    403) echo "403 Forbidden" ;;
+    404) echo "404 Not Found" ;;
+    429) echo "429 Too Many Requests" ;;
+    500) echo "500 Internal Server Error" ;;
+    502) echo "502 Bad Gateway" ;;
+    503) echo "503 Service Unavailable" ;;
+    504) echo "504 Gateway Timeout" ;;
+    *) echo "$1" ;;
+  esac
+}
+answer_in() {
+  code="$(sed -n 's/.*status[ =("]*\([1-5][0-9][0-9]\).*/\1/p' "$1" | tail -n 1)"
+  # A glrt- token GitLab refuses is logged "is not valid", with no status (network/gitlab.go, 403).
+  if [ -z "$code" ] && grep -q "Verifying runner\.\.\. is not valid" "$1"; then code=403; fi
+  case "$code" in
+    "") echo "no answer from GitLab over HTTP (connection, DNS or TLS: see the runner's log above)" ;;
+    408 | 429 | 5??) echo "GitLab answered $(status_named "$code") (after the runner's retries)" ;;
+    *) echo "GitLab answered $(status_named "$code")" ;;
+  esac
+}
 [ -s "$staged" ] || fail "no staged config at $staged"
 mkdir -p "$dir"
 touch "$seeds"
@@ -204,7 +232,12 @@ for name in $(cut -f1 "$work/staged-fields" | sort -u); do
       continue
     fi
     mask < "$reg/log" >&2
-    fail "GitLab did not accept the token of runner $name at $url (see above); nothing was changed"
+    answer="$(answer_in "$reg/log")"
+    if [ "$answer" = "GitLab answered 403 Forbidden" ] && [ ! -s "$conf" ]; then
+      echo "config sync: GitLab refuses the stack's token of runner $name (403 Forbidden) and this config volume is new, holding no token of the runner's own: if the runner had rotated its token itself, the current one went with the volume. Nothing was changed. Give the runner a new token through the stack: create a new runner in GitLab and set runnerTokens.$name to its token (or raise the runner's tokenGeneration), then run pulumi up" >&2
+      exit 3
+    fi
+    fail "the check of runner $name's token at $url failed: $answer; nothing was changed"
   fi
   if [ ! -f "$work/.runner_system_id" ] && [ -f "$reg/.runner_system_id" ]; then
     cp "$reg/.runner_system_id" "$work/.runner_system_id"
@@ -269,7 +302,18 @@ for name in $(cut -f1 "$work/fields" | sort -u); do
   cert="$(tls_file "$(field "$name" tls-cert-file "$work/fields")" "$url" .auth.crt)"
   key="$(tls_file "$(field "$name" tls-key-file "$work/fields")" "$url" .auth.key)"
   answer="$work/verify-$name"
-  code="$(verify_request "$url" "$token" "$answer" "$ca" "$cert" "$key")"
+  # Tried as the runner's retry requester tries a call (network/retry_requester.go): 408, 429 and 5xx
+  # again, five attempts in all, a second apart.
+  attempt=1
+  while :; do
+    code="$(verify_request "$url" "$token" "$answer" "$ca" "$cert" "$key")"
+    case "$code" in
+      408 | 429 | 5??) [ "$attempt" -lt 5 ] || break ;;
+      *) break ;;
+    esac
+    attempt=$((attempt + 1))
+    sleep 1
+  done
   case "$code" in
     200) continue ;;
     403) why="GitLab refused its token (403): revoked, expired, or not a runner token of that instance" ;;
@@ -278,7 +322,7 @@ for name in $(cut -f1 "$work/fields" | sort -u); do
       why="no answer (${error:-none}): a gitlabUrl this host cannot reach, or TLS failed"
       if [ -n "$ca" ]; then why="$why with the CA $(basename "$ca") (is it the CA that signed the certificate of GitLab?)"; fi
       ;;
-    5??) why="GitLab answered $code: it is down or failing; run pulumi up again once it answers" ;;
+    408 | 429 | 5??) why="GitLab answered $(status_named "$code") (after $attempt tries): it is down or failing; run pulumi up again once it answers" ;;
     3??) why="it answered $code, a redirect to $(head -n 1 "$answer.location"): set gitlabUrl to where it points" ;;
     *) why="it answered $code where GitLab answers 200: is gitlabUrl the address of the GitLab instance?" ;;
   esac
@@ -298,7 +342,7 @@ done
 if [ -f "$work/.runner_system_id" ]; then cp "$work/.runner_system_id" "$work/verify/.runner_system_id"; fi
 if ! "$runner" verify --config "$work/verify/config.toml" > "$work/verify.log" 2>&1; then
   mask < "$work/verify.log" >&2
-  fail "GitLab did not accept every runner of the new config.toml (see above); nothing was changed"
+  fail "the check of the new config.toml failed: $(answer_in "$work/verify.log"); nothing was changed"
 fi
 
 # Everything checked: the CA, then config.toml, each in one rename (an unchanged CA is not touched,

@@ -91,7 +91,7 @@ def test_a_private_ca_is_delivered_and_used_and_a_wrong_one_fails(
             stack.set("readiness", {"timeoutSeconds": 20})
             gitlab.outage = 502
             message = refused()
-            assert f"{verify}: GitLab answered 502: it is down or failing" in message
+            assert f"{verify}: GitLab answered 502 Bad Gateway (after 5 tries): it is down or failing" in message
             assert live() == before
             # GitLab back: with nothing else to change, the sync runs again when replaced (as up says), and
             # the change goes through, the CA untouched.

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from components import docker_health
+from components import config_drift, docker_health
 from tests.unit.mocks import RecordingMocks, install
 
 # scripts/ is a folder of commands, not a package: its Python ones are importable as modules.
@@ -28,6 +28,9 @@ def _healthy(engine: docker_health.Engine, container: str, timeout: float = 10) 
 
 REAL_INSPECT = docker_health.inspect
 docker_health.inspect = _healthy
+# Nor is there a config volume to read: what the drift check observes is a host with nothing on it.
+REAL_OBSERVE = config_drift.observe
+config_drift.observe = lambda engine, container_name: config_drift.Observation(None, None)
 
 
 @pytest.fixture()

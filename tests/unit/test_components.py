@@ -127,6 +127,8 @@ def test_docker_runner_container_never_carries_the_config(mocks: RecordingMocks)
     assert runner["stopSignal"] == "SIGQUIT" and runner["stopTimeout"] == 3600
     assert runner["destroyGraceSeconds"] == 3600
     assert runner["privileged"] is False
+    # In the form the engine reads back, or `pulumi up --refresh` would replace the container.
+    assert runner["capabilities"] == {"drops": ["CAP_NET_RAW"]}
     # Nothing that changes with the settings: config.toml reaches the volume through the sync container.
     assert "uploads" not in runner and "envs" not in runner and "command" not in runner
     assert {"volumeName": "gitlab-runner-unit-docker-config", "containerPath": "/etc/gitlab-runner"} in runner[
@@ -155,7 +157,33 @@ def test_the_sync_container_carries_config_toml_as_a_secret(mocks: RecordingMock
     assert config["listen_address"] == "127.0.0.1:9252"
 
 
-def test_up_says_what_a_failed_sync_said() -> None:
+def test_a_failed_sync_is_told_with_what_it_said() -> None:
+    from components.docker_runner import _check_sync
+
+    _check_sync(0, "gr-shell", "config sync: config.toml installed (1 runner(s))")
+    logs = (
+        "INFO:   Waiting before making the next call duration=1s method=POST status=502\n"
+        "config sync: the check of the new config.toml failed: GitLab answered 502 Bad Gateway (after the "
+        "runner's retries); nothing was changed\n"
+    )
+    with pytest.raises(pulumi.RunError) as caught:
+        _check_sync(1, "gr-shell", logs)
+    message = str(caught.value)
+    assert message.startswith(
+        "the config sync of gr-shell exited 1: the check of the new config.toml failed: GitLab answered 502 Bad "
+        "Gateway (after the runner's retries); nothing was changed. Once GitLab answers"
+    )
+    assert "run `pulumi up` again" in message and "`gr-shell-sync`" in message
+    with pytest.raises(pulumi.RunError, match="`docker logs gr-shell-sync` says why"):
+        _check_sync(1, "gr-shell", None)
+    lost = "config sync: GitLab refuses the stack's token of runner a (403 Forbidden) and ... set runnerTokens.a\n"
+    with pytest.raises(pulumi.RunError) as caught:
+        _check_sync(3, "gr-shell", lost)
+    assert str(caught.value).startswith("runner container gr-shell: GitLab refuses the stack's token of runner a")
+    assert "exited" not in str(caught.value)
+
+
+def test_up_says_what_a_failed_check_of_the_new_ca_said() -> None:
     from components.docker_runner import _check_sync
 
     _check_sync(0, "gr-shell", "config sync: config.toml installed (1 runner(s))")
@@ -167,11 +195,8 @@ def test_up_says_what_a_failed_sync_said() -> None:
     with pytest.raises(pulumi.RunError) as caught:
         _check_sync(1, "gr-shell", "glrt-[MASKED] verify log\n" + said)
     message = str(caught.value)
-    assert message.startswith("the config sync of gr-shell exited 1: config.toml was not changed: runner a: POST")
+    assert message.startswith("the config sync of gr-shell exited 1: runner a: POST")
     assert "SSL certificate problem" in message and "`gr-shell-sync`" in message
-    # An older sync that said nothing of its own: where to look.
-    with pytest.raises(pulumi.RunError, match="`docker logs gr-shell-sync` says why"):
-        _check_sync(1, "gr-shell", None)
 
 
 def _runner_labels(mocks: RecordingMocks, name: str) -> dict[str, str]:

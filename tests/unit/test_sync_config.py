@@ -31,7 +31,7 @@ SHELLS = ["sh", *(["busybox"] if shutil.which("busybox") else [])]
 # with exactly these on PATH, so a tool the images lack fails here first.
 TOOLS = (
     "awk", "sed", "sha256sum", "grep", "cut", "sort", "mktemp", "cp", "mv", "rm", "mkdir", "touch", "cat",
-    "cmp", "chmod", "dirname", "basename", "head", "tail",
+    "cmp", "chmod", "dirname", "basename", "head", "tail", "sleep",
 )  # fmt: skip
 # The HTTP client of the sync's own check: curl (the official alpine and ubuntu images) or GNU wget
 # (the ubuntu image, and the tests' Debian base image).
@@ -215,9 +215,44 @@ def test_a_token_gitlab_refuses_changes_nothing_and_is_not_printed(volume: Volum
     before = (volume.dir / "config.toml").read_text()
     done = volume.sync({"a": runner.token, "b": "glrt-not-a-token-gitlab-knows"})
     assert done.returncode == 1
-    assert "GitLab did not accept the token of runner b" in done.stderr
+    assert "config sync: the check of runner b's token at " in done.stderr
+    assert "failed: GitLab answered 403 Forbidden; nothing was changed" in done.stderr
     assert "glrt-not-a-token-gitlab-knows" not in done.stdout + done.stderr
     assert (volume.dir / "config.toml").read_text() == before
+
+
+def test_a_new_volume_and_a_token_gitlab_refuses_names_the_way_out(volume: Volume) -> None:
+    """The volume removed by hand after the runner rotated its token: the stack's token is revoked and
+    the runner's own went with the volume. The sync says so (exit 3), and that a new token is the way."""
+    runner = volume.gitlab.create_runner()
+    delivered = runner.token
+    volume.gitlab.reset_token(runner)
+    done = volume.sync({"a": delivered})
+    assert done.returncode == 3, done.stderr
+    said = done.stderr.strip().splitlines()[-1]
+    assert said.startswith("config sync: GitLab refuses the stack's token of runner a (403 Forbidden)")
+    assert "set runnerTokens.a" in said and "tokenGeneration" in said
+    assert delivered not in done.stdout + done.stderr
+    assert not (volume.dir / "config.toml").exists()
+
+
+def test_gitlab_answering_5xx_or_429_changes_nothing_and_names_the_answer(volume: Volume) -> None:
+    runner = volume.gitlab.create_runner()
+    assert volume.sync({"a": runner.token}).returncode == 0
+    before = (volume.dir / "config.toml").read_text()
+    for status, named in ((500, "500 Internal Server Error"), (502, "502 Bad Gateway"), (429, "429 Too Many Requests")):
+        volume.gitlab.fault(["verify"], seconds=30, status=status, retry_after=1)
+        done = volume.sync({"a": runner.token}, concurrent=7)
+        volume.gitlab.heal()
+        assert done.returncode == 1, done.stderr
+        endpoint = f"{volume.gitlab.base_url}/api/v4/runners/verify"
+        said = f"config sync: runner a: POST {endpoint}: GitLab answered {named} (after 5"
+        assert said in done.stderr
+        assert (volume.dir / "config.toml").read_text() == before
+        # Asked five times, as the runner's retry requester asks.
+        assert len(volume.gitlab.answered_with_faults("verify")) % 5 == 0
+    assert volume.sync({"a": runner.token}, concurrent=7).returncode == 0
+    assert volume.config()["concurrent"] == 7
 
 
 def test_a_removed_runner_leaves_the_config(volume: Volume) -> None:
@@ -318,7 +353,7 @@ def test_a_gitlab_answering_5xx_changes_nothing(volume: Volume) -> None:
     volume.gitlab.outage = 502
     done = volume.sync({"a": runner.token}, concurrent=7)
     assert done.returncode == 1, done.stdout
-    assert "GitLab answered 502: it is down or failing" in done.stderr
+    assert "GitLab answered 502 Bad Gateway (after 5 tries): it is down or failing" in done.stderr
     assert volume.live() == before
     volume.gitlab.outage = None
     assert volume.sync({"a": runner.token}, concurrent=7).returncode == 0
