@@ -146,10 +146,14 @@ def test_a_kubernetes_job_runs_in_a_pod_and_its_log_reaches_gitlab(running: Node
     assert marker in trace
     where = RUNNERS[runner]
     namespace = f"ci-job-{job.id}" if where.get("namespacePerJob") else str(where.get("namespace", NAMESPACE))
-    # Everything the job made is gone: its pod, and with namespacePerJob its namespace.
-    pods = d.cluster.get(f"/api/v1/namespaces/{namespace}/pods") or {"items": []}
-    leftover = [p["metadata"]["name"] for p in pods["items"] if p["metadata"]["name"].startswith("runner-")]
-    assert leftover == [], f"job pods left in {namespace}: {leftover}"
+
+    # Everything the job made goes: its pod (deleted at once, gone after its graceful stop), and with
+    # namespacePerJob its namespace.
+    def leftover() -> list[str]:
+        pods = d.cluster.get(f"/api/v1/namespaces/{namespace}/pods") or {"items": []}
+        return [p["metadata"]["name"] for p in pods["items"] if p["metadata"]["name"].startswith("runner-")]
+
+    wait_for(f"the job pods in {namespace} to go", lambda: not leftover(), seconds=90)
     if where.get("namespacePerJob"):
         assert d.cluster.wait_gone(f"/api/v1/namespaces/{namespace}", seconds=60)
 
