@@ -7,7 +7,7 @@
 # beside it. The check keeps the previous scrape (and the runner process's start time, which tells a new
 # process whose counters began again) in a file of the config volume, root's only, and for each runner
 # looks at what its request_job counters gained since then:
-#   - some answered (2xx): healthy;
+#   - some answered (2xx) and none refused: healthy (a 403 decides: a token GitLab refused stays so);
 #   - only other answers: unhealthy, naming the runner and the answers (403: a token GitLab refuses; -1:
 #     no answer at all, GitLab unreachable or TLS failing; 5xx: GitLab failing);
 #   - none at all (every job slot busy, or the runner holding back after 403s): the runner's verdict from
@@ -94,7 +94,9 @@ printf '%s\n' "$metrics" | awk -v config="$config" -v state="$state" -v next_sta
         else if (part[2] == "-1") unanswered = 1
         else if (part[2] ~ /^5/) failing = 1
       }
-      if (answered > 0) verdict = "ok"
+      # A token GitLab refused stays refused (a new token is a new label): a 403 decides even when
+      # answers before it share the window, and the runner holds back after three of them.
+      if (answered > 0 && !refused) verdict = "ok"
       else if (codes != "") {
         if (refused) why = "GitLab refuses its token (revoked, expired, or reset elsewhere)"
         else if (unanswered) why = "no answer from GitLab (unreachable, or TLS failed)"

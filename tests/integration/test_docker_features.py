@@ -67,7 +67,7 @@ def test_a_private_ca_is_delivered_and_used_and_a_wrong_one_fails(
                 with pytest.raises(auto.CommandError) as caught:
                     stack.up()
                 message = str(caught.value)
-                said = f"the config sync of {container} exited 1: config.toml was not changed: runner ca-shell: "
+                said = f"the config sync of {container} exited 1: runner ca-shell: "
                 assert said in message and runner.token not in message
                 return message
 
