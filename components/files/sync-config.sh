@@ -157,14 +157,15 @@ bundle_for() {
 # POST <url>/api/v4/runners/verify with {token, system_id} from a file, as the runner's verify sends
 # it; prints the status (000: no answer) and leaves the client's error in <out>.err and a redirect's
 # target in <out>.location. Arguments: url, token, output file, CA file, client certificate and key
-# (each may be empty).
+# (each may be empty), and the call's request id (the same on each attempt, as the runner's
+# addCorrelationID sends one per call).
 verify_request() {
   endpoint="$(printf '%s\n' "$1" | sed 's|/*$||; s|/ci$||')/api/v4/runners/verify"
   out="$3"
   body="$work/body"
   ca=""
   if [ -n "$4" ]; then ca="$(bundle_for "$4")"; fi
-  cert="$5" key="$6"
+  cert="$5" key="$6" rid="$7"
   if [ -z "$cert" ] || [ -z "$key" ]; then cert="" key=""; fi
   system_id="$(cat "$work/.runner_system_id" 2> /dev/null || true)"
   cat > "$body" <<JSON
@@ -176,7 +177,7 @@ JSON
     if [ -n "$ca" ]; then set -- --cacert "$ca"; fi
     if [ -n "$cert" ]; then set -- "$@" --cert "$cert" --key "$key"; fi
     code="$(curl -sS -o "$out" -w '%{http_code} %{redirect_url}' --max-time 30 -X POST \
-      -H 'Content-Type: application/json' -H 'Accept: application/json' --data-binary "@$body" \
+      -H 'Content-Type: application/json' -H 'Accept: application/json' -H "X-Request-Id: $rid" --data-binary "@$body" \
       "$@" "$endpoint" 2> "$out.err")" || true
     printf '%s\n' "${code#* }" > "$out.location"
     code="${code%% *}"
@@ -184,7 +185,7 @@ JSON
     if [ -n "$ca" ]; then set -- "--ca-certificate=$ca"; fi
     if [ -n "$cert" ]; then set -- "$@" "--certificate=$cert" "--private-key=$key"; fi
     wget -nv -S -O "$out" -T 30 -t 1 --max-redirect=0 --content-on-error \
-      --header='Content-Type: application/json' --header='Accept: application/json' \
+      --header='Content-Type: application/json' --header='Accept: application/json' "--header=X-Request-Id: $rid" \
       "--post-file=$body" "$@" "$endpoint" 2> "$out.err" || true
     code="$(awk '/^  HTTP\// { code = $2 } END { print code }' "$out.err")"
     sed -n 's/^  Location: *//p' "$out.err" | tail -n 1 > "$out.location"
@@ -305,8 +306,9 @@ for name in $(cut -f1 "$work/fields" | sort -u); do
   # Tried as the runner's retry requester tries a call (network/retry_requester.go): 408, 429 and 5xx
   # again, five attempts in all, a second apart.
   attempt=1
+  request_id="gitlab-runners-sync-$(basename "$work")-$name"  # mktemp names each sync run apart
   while :; do
-    code="$(verify_request "$url" "$token" "$answer" "$ca" "$cert" "$key")"
+    code="$(verify_request "$url" "$token" "$answer" "$ca" "$cert" "$key" "$request_id")"
     case "$code" in
       408 | 429 | 5??) [ "$attempt" -lt 5 ] || break ;;
       *) break ;;
