@@ -28,7 +28,7 @@ import pulumi_docker as docker
 
 from components.config_drift import RESTORED_LABEL, restore_label
 from components.docker_health import Engine, wait_healthy
-from components.runner_config import gitlab_host, render_config_toml
+from components.runner_config import gitlab_host, masked, render_config_toml
 from components.settings import GlobalSettings, Runner
 from components.settings.model import Cache, Readiness
 
@@ -178,7 +178,32 @@ class DockerRunner(pulumi.ComponentResource):
     """Resolves once the readiness gate saw the runner healthy (None: no gate)."""
 
     def __init__(self, name: str, args: DockerRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        described = {"host": args.host, "container": args.container_name, "runners": [r.name for r in args.runners]}
+        session = args.session.table(args.network_mode) if args.session is not None else None
+        address = listen_address(args)
+        ca_file = f"{CONFIG_DIR}/certs/{gitlab_host(args.gitlab_url)}.crt" if args.gitlab_ca else None
+        credentials = dict(args.cache_credentials or {})
+
+        def render(tokens: Mapping[str, str], cache_credentials: Mapping[str, str]) -> str:
+            return render_config_toml(
+                args.global_,
+                args.runners,
+                args.gitlab_url,
+                tokens,
+                address,
+                cache=args.cache,
+                cache_credentials=cache_credentials or None,
+                ca_file=ca_file,
+                session_server=session,
+                shared_tokens=args.shared_tokens,
+            )
+
+        described = {
+            "host": args.host,
+            "container": args.container_name,
+            "runners": [r.name for r in args.runners],
+            # The file with its secrets masked, for the plan's config.toml diff (scripts/plan_table.py).
+            "configToml": render(masked(args.tokens), masked(credentials)),
+        }
         super().__init__(COMPONENT_TYPE, name, described, opts)
         labels = {"io.gitlab-runners.component": name, "io.gitlab-runners.managed-by": "pulumi"}
         # The allowance belongs to the config.toml that uses it: on the sync container, which a settings
@@ -191,25 +216,10 @@ class DockerRunner(pulumi.ComponentResource):
         # Stacks deployed by earlier versions carry the allowance on those two as well: their labels are
         # left as Docker has them, so this version replaces nothing to take it off.
         fixed_labels = ["labels"]
-        session = args.session.table(args.network_mode) if args.session is not None else None
-        address = listen_address(args)
-        ca_file = f"{CONFIG_DIR}/certs/{gitlab_host(args.gitlab_url)}.crt" if args.gitlab_ca else None
-        credentials = dict(args.cache_credentials or {})
         # config.toml holds every runner token and the cache's credentials: a secret Output end to end.
         config_toml: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(pulumi.Output.all(**args.tokens), pulumi.Output.all(**credentials)).apply(
-                lambda parts: render_config_toml(
-                    args.global_,
-                    args.runners,
-                    args.gitlab_url,
-                    parts[0],
-                    address,
-                    cache=args.cache,
-                    cache_credentials=parts[1] or None,
-                    ca_file=ca_file,
-                    session_server=session,
-                    shared_tokens=args.shared_tokens,
-                )
+                lambda parts: render(parts[0], parts[1])
             )
         )
         uploads = [

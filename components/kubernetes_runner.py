@@ -15,6 +15,7 @@ import pulumi_kubernetes as kubernetes
 from components.runner_config import (
     gitlab_host,
     manager_concurrency,
+    render_chart_config_toml,
     render_chart_global_toml,
     render_chart_runner_toml,
 )
@@ -305,7 +306,18 @@ class KubernetesRunner(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: KubernetesRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         releases = {r.name: release_name(r) for r in args.runners}
-        super().__init__(COMPONENT_TYPE, name, {"namespace": args.settings.namespace, "releases": releases}, opts)
+        described = {
+            "namespace": args.settings.namespace,
+            "releases": releases,
+            # Each release's config.toml, token masked, for the plan's config.toml diff (scripts/plan_table.py).
+            "configTomls": {
+                releases[r.name]: render_chart_config_toml(
+                    args.global_, r, args.gitlab_url, args.settings.namespace, args.cache
+                )
+                for r in args.runners
+            },
+        }
+        super().__init__(COMPONENT_TYPE, name, described, opts)
         settings = args.settings
         labels = {"app.kubernetes.io/managed-by": "pulumi", "app.kubernetes.io/part-of": "gitlab-runners"}
         child = pulumi.ResourceOptions(parent=self)

@@ -21,6 +21,13 @@ import tomli_w
 from components.settings import GlobalSettings, Runner
 from components.settings.model import Autoscaler, Cache, JobPods, JobResources
 
+MASKED = "[MASKED]"
+
+
+def masked(secrets: Mapping[str, object]) -> dict[str, str]:
+    """Each secret's name with MASKED for its value: what the plan shows of a config.toml's secrets."""
+    return dict.fromkeys(secrets, MASKED)
+
 
 def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """`base` with `extra` laid over it: a table merged key by key, any other value replaced."""
@@ -288,3 +295,18 @@ def render_chart_global_toml(global_: GlobalSettings, runner: Runner) -> str | N
         return None
     listen_address = f":{global_.metrics_port}" if global_.metrics_enabled else None
     return tomli_w.dumps(global_table(global_, manager_concurrency(global_, [runner]), listen_address))
+
+
+def render_chart_config_toml(
+    global_: GlobalSettings, runner: Runner, url: str, namespace: str, cache: Cache | None = None
+) -> str:
+    """The config.toml a runner's chart release gives its manager pods, as far as the stack decides it,
+    with the token masked: what the plan shows (the pods' own file is the chart's register output, with
+    the token from the Secret and the chart's defaults added; the cache credentials come from a Secret)."""
+    listen_address = f":{global_.metrics_port}" if global_.metrics_enabled else None
+    document = global_table(global_, manager_concurrency(global_, [runner]), listen_address)
+    table = runner_table(runner, url, MASKED, namespace)
+    if cache is not None:
+        table["cache"] = cache_table(cache)
+    document["runners"] = [without_token_rotation(table)]
+    return tomli_w.dumps(document)

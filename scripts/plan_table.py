@@ -2,8 +2,9 @@
 """A short table of a stack's runners, read from `pulumi preview --json` output (never recomputed):
 where each runs, its executor, its tags, and whether the stack creates it in GitLab or it brings its
 own token; then each runner container the plan replaces (it drains its running jobs first), with the
-settings that cause that (components/replacement.py). Used by scripts/preview and the merge-request
-job of ci/gitlab-ci.yml.
+settings that cause that (components/replacement.py); then, for each runner manager, the diff of its
+config.toml against the deployed one, secrets masked (the components carry the masked file; the full
+one stays secret in the state). Used by scripts/preview and the merge-request job of ci/gitlab-ci.yml.
 
     scripts/plan_table.py plan.json                 # the table
     scripts/plan_table.py --steps plan.json         # the resources that change, warnings, then the table
@@ -12,6 +13,7 @@ job of ci/gitlab-ci.yml.
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from pathlib import Path
@@ -75,7 +77,55 @@ def table(plan: dict[str, Any]) -> str:
 
 
 def table_and_replacements(plan: dict[str, Any]) -> str:
-    return "\n".join([table(plan), *replacements(plan)])
+    return "\n".join([table(plan), *replacements(plan), *config_diffs(plan)])
+
+
+def _config_files(state: dict[str, Any] | None) -> dict[str, str] | None:
+    """A runner manager component's masked config.toml files by manager; None when it records none
+    (absent, or deployed by a version before the plan showed them)."""
+    if not state:
+        return None
+    inputs = state.get("inputs") or {}
+    if state.get("type") == "gitlab-runners:index:DockerRunner" and isinstance(inputs.get("configToml"), str):
+        return {f"container {inputs.get('container')} on host {inputs.get('host')}": inputs["configToml"]}
+    if state.get("type") == "gitlab-runners:index:KubernetesRunner" and isinstance(inputs.get("configTomls"), dict):
+        namespace = inputs.get("namespace")
+        return {f"release {release} in namespace {namespace}": text for release, text in inputs["configTomls"].items()}
+    return None
+
+
+def config_diffs(plan: dict[str, Any]) -> list[str]:
+    """Per runner manager, its config.toml's diff against the deployed one (unchanged ones named)."""
+    deployed: dict[str, str | None] = {}
+    planned: dict[str, str | None] = {}
+    for step in plan.get("steps") or []:
+        if step.get("op") in ("read", "refresh", "discard-replaced"):
+            continue
+        old, new = _config_files(step.get("oldState")), _config_files(step.get("newState"))
+        if step.get("op") != "create" and step.get("oldState") and old is None:
+            # Deployed before the masked file was recorded: nothing to compare with.
+            for manager in new or {}:
+                deployed.setdefault(manager, None)
+        for manager, text in (old or {}).items():
+            deployed[manager] = text
+        if step.get("op") not in ("delete", "delete-replaced"):
+            for manager, text in (new or {}).items():
+                planned[manager] = text
+    lines = []
+    for manager in sorted(deployed.keys() | planned.keys()):
+        before, after = deployed.get(manager, ""), planned.get(manager)
+        if after is None:
+            lines.append(f"config.toml of {manager}: removed with it")
+        elif before is None:
+            lines.append(f"config.toml of {manager}: the deployed one is not recorded (deployed by an earlier version)")
+        elif before == after:
+            lines.append(f"config.toml of {manager}: unchanged")
+        else:
+            label = "new" if manager not in deployed else "changes"
+            diff = difflib.unified_diff(before.splitlines(), after.splitlines(), "deployed", "planned", lineterm="")
+            lines.append(f"config.toml of {manager} ({label}; secrets masked):")
+            lines += [f"    {line}" for line in diff]
+    return lines
 
 
 def _in_docker_runner(urn: str) -> bool:
@@ -117,7 +167,7 @@ def steps(plan: dict[str, Any]) -> str:
         lines.append(f"{symbols.get(op, op):>2} {kind.rsplit('$', 1)[-1]} {name}")
     lines += [f"note: {line}" for line in replacements(plan)]
     warnings = [d.get("message", "").strip() for d in plan.get("diagnostics") or [] if d.get("severity") == "warning"]
-    return "\n".join([*lines, *(f"warning: {w}" for w in warnings), "", table(plan)])
+    return "\n".join([*lines, *(f"warning: {w}" for w in warnings), "", table(plan), *config_diffs(plan)])
 
 
 def diagnostics(plan: dict[str, Any]) -> str:

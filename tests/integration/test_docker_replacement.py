@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +23,7 @@ from tests.gitlab_double.server import serve
 from tests.integration.docker_engine import Engine, base_image
 from tests.integration.docker_stack import DockerStack, docker_stack
 from tests.integration.local_cluster import free_port
+from tests.integration.plans import shown_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 API_TOKEN = "glpat-replacement-test"
@@ -206,38 +204,31 @@ def test_the_settings_that_replace_a_runner_container(engine: Engine, tmp_path_f
 
             # The plan names the cause: `pulumi preview --json` read by scripts/plan_table.py.
             apply(stack, {**before, "docker": {**before["docker"], "stopTimeout": 300}}, before)
-            plan = subprocess.run(
-                [
-                    "pulumi",
-                    "preview",
-                    "--stack",
-                    "test",
-                    "--json",
-                    "--non-interactive",
-                    "--cwd",
-                    str(stack.project.dir),
-                ],
-                env={**os.environ, **stack.project.env},
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=True,
-            )
-            plan_file = tmp_path_factory.mktemp("plan") / "plan.json"
-            plan_file.write_text(plan.stdout)
-            shown = subprocess.run(
-                [sys.executable, str(ROOT / "scripts" / "plan_table.py"), "--steps", str(plan_file)],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
+            shown, _ = shown_plan(stack.project.dir, stack.project.env, "test", tmp_path_factory.mktemp("plan"))
             for kind in ("docker", "shell", "autoscaler"):
                 assert (
                     f"note: replaces runner container docker-local-{kind}-runner: it stops taking jobs and drains "
                     "its running ones (up to docker.stopTimeout) before the new one starts; a change of "
                     "docker.stopTimeout does this"
                 ) in shown, shown
+            # ...and each container's config.toml, which the stop timeout leaves as it is (issue 20 item 2).
+            unchanged = [line for line in shown.splitlines() if line.endswith(" on host local: unchanged")]
+            assert len(unchanged) == 3, shown
             apply(stack, before, {**before, "docker": {**before["docker"], "stopTimeout": 300}})
+
+            # A runner's limit: the plan shows the diff of its manager's config.toml only, tokens masked.
+            limited = copy.deepcopy(before)
+            limited["runners"][0]["limit"] = 7
+            apply(stack, limited, before)
+            shown, plan_text = shown_plan(stack.project.dir, stack.project.env, "test", tmp_path_factory.mktemp("plan"))
+            apply(stack, before, limited)
+            header = next(line for line in shown.splitlines() if "(changes; secrets masked):" in line)
+            assert header.startswith("config.toml of container ") and "docker-runner on host local" in header
+            diff = shown[shown.index(header) :].splitlines()
+            assert "    +limit = 7" in diff, shown
+            assert 'token = \\"[MASKED]\\"' in plan_text  # the file the plan carries, as JSON
+            assert len([line for line in shown.splitlines() if line.endswith(": unchanged")]) == 2, shown
+            assert not any(token in shown or token in plan_text for token in tokens.values())
 
             # For real: allowPrivileged, a label once, replaces nothing now...
             ids = container_ids(engine, stack)

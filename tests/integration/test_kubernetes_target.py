@@ -30,6 +30,7 @@ from tests.charts import chart_under_test, official_chart
 from tests.integration.conftest import ROOT, Project, exported_state, stack, with_existing_tokens
 from tests.integration.kubernetes_stack import deployment_of, load_node_images, reachable_gitlab, wait_rolled_out
 from tests.integration.local_cluster import Cluster
+from tests.integration.plans import shown_plan
 from tests.integration.tls import make_ca
 
 API_TOKEN = "glpat-" + secrets.token_hex(10)
@@ -100,7 +101,9 @@ def test_the_official_chart_renders_what_the_runner_needs(tmp_path: Path) -> Non
     assert not re.search(r"glrt-[A-Za-z0-9_-]{8,}", rendered)  # the chart script mentions the prefix only
 
 
-def test_prod_stack_up_token_change_preview_destroy(project: Project, cluster: Cluster, job_image: str) -> None:
+def test_prod_stack_up_token_change_preview_destroy(
+    project: Project, cluster: Cluster, job_image: str, tmp_path: Path
+) -> None:
     chart, official = chart_under_test()
     # Something that is not ours, which destroy must leave alone; and the namespace the stack adopts.
     for name in ("bystander", "gitlab"):
@@ -160,6 +163,17 @@ def test_prod_stack_up_token_change_preview_destroy(project: Project, cluster: C
 
             # A second run changes nothing.
             prod.preview(color="never", expect_no_changes=True)
+            # The plan shows the release's config.toml diff, token masked (issue 20 item 2).
+            runners = json.loads(prod.get_config("gitlab-runners:runners").value)
+            limited = [{**runners[0], "limit": 7}, *runners[1:]]
+            prod.set_config("gitlab-runners:runners", auto.ConfigValue(json.dumps(limited)))
+            try:
+                shown, plan = shown_plan(project.dir, project.env, "prod", tmp_path)
+            finally:
+                prod.set_config("gitlab-runners:runners", auto.ConfigValue(json.dumps(runners)))
+            header = "config.toml of release prod-k8s-runner in namespace gitlab (changes; secrets masked):"
+            assert header in shown and "    +limit = 7" in shown, shown
+            assert token not in shown + plan and 'token = \\"[MASKED]\\"' in plan
 
             # A new token (a rotation, a runner re-created in GitLab) reaches the pods: they roll.
             secret_uid = secret["metadata"]["uid"]
