@@ -1,11 +1,18 @@
 """One evaluation of a Pulumi program under mocks, in a process of its own, printing its time and peak
 memory as JSON. Run by benchmarks/program_cost.py; the root Stack exists once per process under mocks.
 
-    python -m benchmarks.mocked_program '{"program": "project"|"baseline", "target": ..., "runners": N, "hosts": H}'
+    python -m benchmarks.mocked_program '{"program": "project"|"baseline"|"handwritten", "target": ...,
+                                          "runners": N, "hosts": H}'
+
+For the project it also says where the time went: its imports (until it reads its settings), reading
+and validating the settings (`load_settings`), and the rest (registering the resources, with whatever
+it imports on the way).
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import json
 import os
 import resource
@@ -13,7 +20,9 @@ import runpy
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pulumi
@@ -21,7 +30,52 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 ROOT = Path(__file__).resolve().parents[1]
-PROGRAMS = {"project": ROOT / "__main__.py", "baseline": ROOT / "benchmarks" / "baseline" / "__main__.py"}
+PROGRAMS = {
+    "project": ROOT / "__main__.py",
+    "baseline": ROOT / "benchmarks" / "baseline" / "__main__.py",
+    "handwritten": ROOT / "benchmarks" / "handwritten" / "__main__.py",
+}
+SETTINGS = "components.settings"
+
+
+class SettingsClock(importlib.abc.MetaPathFinder):
+    """Times the project's settings: the import of the settings package (with what it imports), and its
+    `load_settings` call, wrapped when the package is imported, before the program can import the name."""
+
+    def __init__(self) -> None:
+        self.imported = 0.0
+        self.called: float | None = None
+        self.returned: float | None = None
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != SETTINGS:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+            return spec
+        loader = spec.loader
+        execute = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            begun = time.perf_counter()
+            execute(module)
+            self.imported = time.perf_counter() - begun
+            setattr(module, "load_settings", self.timed(module.load_settings))  # noqa: B010 - a module's name
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+    def timed(self, load: Callable[[], Any]) -> Callable[[], Any]:
+        def load_settings() -> Any:
+            self.called = time.perf_counter()
+            try:
+                return load()
+            finally:
+                self.returned = time.perf_counter()
+
+        return load_settings
 
 
 class Mocks(pulumi.runtime.Mocks):
@@ -81,6 +135,8 @@ def main() -> None:
     pulumi.runtime.set_all_config(config, ["gitlab:token"])
     pulumi.export = lambda name, value: None
     program = PROGRAMS[request["program"]]
+    clock = SettingsClock()
+    sys.meta_path.insert(0, clock)
     started = time.perf_counter()
 
     def evaluate() -> None:
@@ -89,7 +145,14 @@ def main() -> None:
     _sync_await(run_pulumi_func(evaluate))
     elapsed = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": elapsed, "peak_mib": peak_kib / 1024, "types": dict(mocks.types)}), flush=True)
+    result: dict[str, Any] = {"seconds": elapsed, "peak_mib": peak_kib / 1024, "types": dict(mocks.types)}
+    if clock.called is not None and clock.returned is not None:
+        result["phases"] = {
+            "import": clock.called - started - clock.imported,
+            "settings": clock.imported + clock.returned - clock.called,
+            "registration": started + elapsed - clock.returned,
+        }
+    print(json.dumps(result), flush=True)
     # Straight out: the mocks' event loop, collected at exit, only prints noise about its closed pipe.
     os._exit(0)
 
