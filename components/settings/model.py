@@ -1,19 +1,16 @@
-"""The stack config as one declared model (pydantic v2).
+"""The stack config, declared once.
 
 Types, ranges, patterns, defaults, examples and the one-line documentation of every key live here.
-The JSON Schema in schemas/ and the README's configuration reference are generated from these
-classes, and the settings error messages take their examples from them. Rules that span several keys
-are in rules.py; defaults that depend on the stack's name or on other keys are filled in by resolve.py.
+Every preview and up checks the stack's config against these classes (section.py); the JSON Schema in
+schemas/, the README's configuration reference and the wording of settings errors come from pydantic
+models built from them when needed (pydantic_model.py). Rules that span several keys are in rules.py;
+defaults that depend on the stack's name or on other keys are filled in by resolve.py.
 """
-
-from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
-from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
+from components.settings.section import Bounds, Chars, Check, Invalid, Section, key
 
 PROJECT = "gitlab-runners"
 
@@ -83,19 +80,19 @@ ONE_DAY = 86_400
 ONE_MONTH = 2_629_746  # GitLab's longest job timeout
 MAX_ID = 2_147_483_647  # GitLab ids are 32-bit integers
 
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-PinnedImage = Annotated[str, StringConstraints(pattern=PINNED_IMAGE_PATTERN)]
-Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
-Version = Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]
-Tag = Annotated[str, StringConstraints(pattern=TAG_PATTERN)]
-Package = Annotated[str, StringConstraints(pattern=PACKAGE_PATTERN)]
-Volume = Annotated[str, StringConstraints(pattern=VOLUME_PATTERN)]
-AbsolutePath = Annotated[str, StringConstraints(pattern=ABSOLUTE_PATH_PATTERN)]
-LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN)]
-LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN)]
-Text = Annotated[str, StringConstraints(max_length=1024)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, min_length=2)]
+Name = Annotated[str, Chars(pattern=NAME_PATTERN)]
+PinnedImage = Annotated[str, Chars(pattern=PINNED_IMAGE_PATTERN)]
+Quantity = Annotated[str, Chars(pattern=QUANTITY_PATTERN)]
+Version = Annotated[str, Chars(pattern=VERSION_PATTERN)]
+Tag = Annotated[str, Chars(pattern=TAG_PATTERN)]
+Package = Annotated[str, Chars(pattern=PACKAGE_PATTERN)]
+Volume = Annotated[str, Chars(pattern=VOLUME_PATTERN)]
+AbsolutePath = Annotated[str, Chars(pattern=ABSOLUTE_PATH_PATTERN)]
+LabelKey = Annotated[str, Chars(pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, Chars(pattern=LABEL_VALUE_PATTERN)]
+Text = Annotated[str, Chars(max_length=1024)]
+Port = Annotated[int, Bounds(ge=1, le=65535)]
+Duration = Annotated[str, Chars(pattern=DURATION_PATTERN, min_length=2)]
 
 Target = Literal["docker", "kubernetes"]
 Flavor = Literal["alpine", "ubuntu"]
@@ -122,43 +119,21 @@ def check_gitlab_url(url: str) -> str:
     try:
         port = parts.port
     except ValueError:
-        raise PydanticCustomError("url_port", f'has a port that is not a number from 1 to 65535, got "{url}"') from None
+        raise Invalid("url_port", f'has a port that is not a number from 1 to 65535, got "{url}"') from None
     if port == 0:
-        raise PydanticCustomError("url_port", f'has a port that is not a number from 1 to 65535, got "{url}"')
+        raise Invalid("url_port", f'has a port that is not a number from 1 to 65535, got "{url}"')
     if "/api/v4" in parts.path.rstrip("/") + "/":
-        raise PydanticCustomError(
-            "url_api", "must be the instance's address without /api/v4 (the API path is added for you)"
-        )
+        raise Invalid("url_api", "must be the instance's address without /api/v4 (the API path is added for you)")
     return url.rstrip("/")
-
-
-def key(default: Any, example: Any, doc: str, **constraints: Any) -> Any:
-    """A config key: its default, one example of a right value, and what it does."""
-    return Field(default, description=doc, examples=[example], **constraints)
-
-
-class Section(BaseModel):
-    """Every part of the stack config: camelCase keys, unknown keys refused, no type coercion."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        frozen=True,
-        alias_generator=to_camel,
-        validate_by_alias=True,
-        validate_by_name=False,
-        regex_engine="python-re",
-        use_attribute_docstrings=False,
-    )
 
 
 class AutoscalerPolicy(Section):
     """When and how many idle instances to keep (a taskscaler policy)."""
 
-    periods: list[Annotated[str, StringConstraints(pattern=CRON_PATTERN)]] = key(
+    periods: list[Annotated[str, Chars(pattern=CRON_PATTERN)]] = key(
         ["* * * * *"], ["* 8-18 * * mon-fri"], "cron periods the policy applies in", min_length=1, max_length=32
     )
-    timezone: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+/-]{1,64}$")] | None = key(
+    timezone: Annotated[str, Chars(pattern=r"^[A-Za-z0-9_+/-]{1,64}$")] | None = key(
         None, "Europe/Berlin", "time zone of the periods; default UTC"
     )
     idle_count: int = key(0, 2, "idle capacity (job slots) to keep ready", ge=0, le=MAX_JOBS)
@@ -173,7 +148,7 @@ class ConnectorConfig(Section):
     os: Literal["linux", "windows", "darwin"] = key("linux", "linux", "the instances' OS")
     arch: Literal["amd64", "arm64"] = key("amd64", "arm64", "the instances' architecture")
     protocol: Literal["ssh", "winrm", "winrm+https"] = key("ssh", "ssh", "how to connect")
-    username: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = key(
+    username: Annotated[str, Chars(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = key(
         ..., "ec2-user", "the user the runner logs in as"
     )
     use_static_credentials: bool = key(False, False, "use key_path instead of the plugin's credentials")
@@ -186,13 +161,13 @@ class ConnectorConfig(Section):
 class Autoscaler(Section):
     """`[runners.autoscaler]` for the docker-autoscaler and instance executors."""
 
-    plugin: Annotated[str, StringConstraints(pattern=PLUGIN_PATTERN)] = key(
+    plugin: Annotated[str, Chars(pattern=PLUGIN_PATTERN)] = key(
         ..., "gitlab/fleeting-plugin-aws:1.0.0", "the fleeting plugin, at an exact release (installed into the image)"
     )
     capacity_per_instance: int = key(1, 2, "jobs an instance runs at once", ge=1, le=1000)
     max_use_count: int = key(0, 10, "jobs an instance runs before it is replaced; 0: no limit", ge=0, le=1_000_000)
     max_instances: int = key(..., 10, "the most instances at once (bounds the cost)", ge=1, le=MAX_JOBS)
-    plugin_config: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,64}$")], Any] = key(
+    plugin_config: dict[Annotated[str, Chars(pattern=r"^[A-Za-z0-9_]{1,64}$")], Any] = key(
         {}, {"name": "runner-asg", "region": "eu-west-1"}, "the plugin's own settings (its documentation)"
     )
     connector_config: ConnectorConfig = key(..., {"username": "ec2-user"}, "how the runner reaches an instance")
@@ -210,7 +185,7 @@ class JobPods(Section):
     namespace_per_job: bool = key(False, False, "a namespace of its own per job (needs cluster-wide RBAC)")
     node_selector: dict[LabelKey, LabelValue] = key({}, {"kubernetes.io/arch": "amd64"}, "nodes the job pods run on")
     tolerations: dict[
-        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")],
+        Annotated[str, Chars(pattern=r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")],
         Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""],
     ] = key({}, {"ci=true": "NoSchedule"}, "taints the job pods tolerate, `key[=value]: effect`")
     service_account: Name | None = key(None, "ci-jobs", "the job pods' service account")
@@ -298,7 +273,7 @@ class Metrics(Section):
         METRICS_PORT,
         "Kubernetes: the chart's metrics port; Docker: the docker-executor container's, +1 for shell",
     )
-    host_address: Annotated[str, StringConstraints(pattern=IP_PATTERN)] = key(
+    host_address: Annotated[str, Chars(pattern=IP_PATTERN)] = key(
         "127.0.0.1",
         "0.0.0.0",  # noqa: S104 - an example value
         "Docker only: the host address the metrics port is published on (listened on, in host mode)",
@@ -316,7 +291,7 @@ class ImageBuild(Section):
         "pinned base; default `gitlab/gitlab-runner:<flavor>-v<runnerVersion>`",
     )
     extra_packages: list[Package] = key([], ["python3", "py3-pip"], "packages installed with apk or apt", max_length=64)
-    repository: Annotated[str, StringConstraints(pattern=REPOSITORY_PATTERN)] | None = key(
+    repository: Annotated[str, Chars(pattern=REPOSITORY_PATTERN)] | None = key(
         None, "gitlab-runners/runner", "local image repository, never pushed; default `gitlab-runners/<stack>-runner`"
     )
 
@@ -334,7 +309,7 @@ class DockerHost(Section):
     """One Docker host: its own provider, image build, config volumes and runner containers."""
 
     name: Name = key("local", "build-1", "names the host's resources; unique")
-    host: Annotated[str, StringConstraints(pattern=DOCKER_HOST_PATTERN)] = key(
+    host: Annotated[str, Chars(pattern=DOCKER_HOST_PATTERN)] = key(
         DEFAULT_DOCKER_HOST, "ssh://deploy@build-1.example.com", "the host's explicit docker provider connects here"
     )
     socket_path: AbsolutePath | None = key(
@@ -346,12 +321,12 @@ class DockerHost(Section):
     network_mode: Literal["bridge", "host"] = key(
         "bridge", "host", "`host` lets the runner reach services on the host's loopback"
     )
-    platform: Annotated[str, StringConstraints(pattern=PLATFORM_PATTERN)] | None = key(
+    platform: Annotated[str, Chars(pattern=PLATFORM_PATTERN)] | None = key(
         None,
         "linux/arm64",
         "platform of the runner image; default the machine running pulumi's (set it for remote hosts of another)",
     )
-    cert_path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
+    cert_path: Annotated[str, Chars(min_length=1, max_length=4096)] | None = key(
         None,
         "~/.docker/build-1",
         "tcp:// only: folder with ca.pem, cert.pem and key.pem for TLS (or the secret dockerTls)",
@@ -359,7 +334,7 @@ class DockerHost(Section):
     metrics_port: Port | None = key(
         None, 9352, "this host's first metrics port, if not metrics.port (two hosts sharing a network)"
     )
-    ssh_opts: list[Annotated[str, StringConstraints(min_length=1, max_length=1024)]] = key(
+    ssh_opts: list[Annotated[str, Chars(min_length=1, max_length=1024)]] = key(
         [], ["-o", "StrictHostKeyChecking=yes"], "ssh:// only: extra ssh options", max_length=32
     )
 
@@ -374,7 +349,7 @@ class DockerTarget(Section):
         min_length=1,
         max_length=100,
     )
-    container_name: Annotated[str, StringConstraints(pattern=CONTAINER_NAME_PATTERN)] | None = key(
+    container_name: Annotated[str, Chars(pattern=CONTAINER_NAME_PATTERN)] | None = key(
         None,
         "gitlab-runner",
         "prefix of the runner containers, `<prefix>-<executor>`; default `gitlab-runner-<stack>`; "
@@ -400,11 +375,11 @@ class DockerTarget(Section):
 class Chart(Section):
     """Where the official gitlab-runner chart comes from."""
 
-    repository: Annotated[str, StringConstraints(pattern=r"^(https?|oci)://\S+$")] | None = key(
+    repository: Annotated[str, Chars(pattern=r"^(https?|oci)://\S+$")] | None = key(
         None, CHART_REPOSITORY, f"chart repository; default `{CHART_REPOSITORY}`"
     )
     version: Version | None = key(None, CHART_VERSION, f"exact chart version; default `{CHART_VERSION}`")
-    path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
+    path: Annotated[str, Chars(min_length=1, max_length=4096)] | None = key(
         None, "./charts/gitlab-runner-0.86.0.tgz", "a chart archive or folder on disk instead of a repository"
     )
 
@@ -437,7 +412,7 @@ class ServiceAccount(Section):
 
 class ServiceMonitor(Section):
     enabled: bool = key(False, True, "create it (the cluster needs the monitoring.coreos.com CRDs)")
-    interval: Annotated[str, StringConstraints(pattern=r"^[0-9]+(s|m)$")] = key("30s", "15s", "scrape interval")
+    interval: Annotated[str, Chars(pattern=r"^[0-9]+(s|m)$")] = key("30s", "15s", "scrape interval")
     labels: dict[LabelKey, LabelValue] = key({}, {"release": "prometheus"}, "labels the Prometheus selects on")
 
 
@@ -455,10 +430,10 @@ class KubernetesTarget(Section):
     resources: Resources = key(Resources(), {"requests": {"cpu": "100m"}}, "the runner manager pod's resources")
     rbac: Rbac = key(Rbac(), {"create": True}, "the chart's RBAC")
     service_account: ServiceAccount = key(ServiceAccount(), {"create": True}, "the chart's service account")
-    kubeconfig: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
+    kubeconfig: Annotated[str, Chars(min_length=1, max_length=4096)] | None = key(
         None, "~/.kube/config", "the explicit kubernetes provider's kubeconfig; default the ambient one"
     )
-    context: Annotated[str, StringConstraints(min_length=1, max_length=253)] | None = key(
+    context: Annotated[str, Chars(min_length=1, max_length=253)] | None = key(
         None, "prod-cluster", "the kubeconfig context; default its current one"
     )
     termination_grace_period_seconds: int = key(3600, 3600, "time running jobs get on a rollout", ge=0, le=ONE_DAY)
@@ -470,13 +445,13 @@ class KubernetesTarget(Section):
 
 
 class CacheS3(Section):
-    server_address: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")] | None = key(
+    server_address: Annotated[str, Chars(pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")] | None = key(
         None, "s3.amazonaws.com", "S3 endpoint, host[:port]; default AWS"
     )
-    bucket_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")] = key(
+    bucket_name: Annotated[str, Chars(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")] = key(
         ..., "runner-cache", "the bucket"
     )
-    bucket_location: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = key(
+    bucket_location: Annotated[str, Chars(min_length=1, max_length=64)] | None = key(
         None, "eu-west-1", "the bucket's region"
     )
     insecure: bool = key(False, False, "plain HTTP to the endpoint (a local MinIO, say)")
@@ -486,16 +461,16 @@ class CacheS3(Section):
 
 
 class CacheGcs(Section):
-    bucket_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")] = key(
+    bucket_name: Annotated[str, Chars(pattern=r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")] = key(
         ..., "runner-cache", "the bucket"
     )
 
 
 class CacheAzure(Section):
-    container_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9](-?[a-z0-9]){2,62}$")] = key(
+    container_name: Annotated[str, Chars(pattern=r"^[a-z0-9](-?[a-z0-9]){2,62}$")] = key(
         ..., "runner-cache", "the blob container"
     )
-    storage_domain: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]+$")] | None = key(
+    storage_domain: Annotated[str, Chars(pattern=r"^[A-Za-z0-9.-]+$")] | None = key(
         None, "blob.core.windows.net", "the storage domain"
     )
 
@@ -504,7 +479,7 @@ class Cache(Section):
     """The distributed cache every runner of the stack uses; credentials in the secret cacheCredentials."""
 
     type: Literal["s3", "gcs", "azure"] = key(..., "s3", "the cache service")
-    path: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{1,256}$")] | None = key(
+    path: Annotated[str, Chars(pattern=r"^[A-Za-z0-9._/-]{1,256}$")] | None = key(
         None, "runners/prod", "a prefix inside the bucket"
     )
     shared: bool = key(False, True, "share the cache between runners")
@@ -516,10 +491,10 @@ class Cache(Section):
 class GitlabCa(Section):
     """The CA that signed a self-hosted GitLab's certificate (public; not a secret)."""
 
-    file: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
+    file: Annotated[str, Chars(min_length=1, max_length=4096)] | None = key(
         None, "./certs/gitlab-ca.pem", "a PEM file, relative to the project"
     )
-    pem: Annotated[str, StringConstraints(pattern=r"-----BEGIN CERTIFICATE-----")] | None = key(
+    pem: Annotated[str, Chars(pattern=r"-----BEGIN CERTIFICATE-----")] | None = key(
         None, "-----BEGIN CERTIFICATE-----...", "the PEM text itself"
     )
 
@@ -535,9 +510,9 @@ class StackConfig(Section):
     """Every `gitlab-runners:` key of a stack file. Secrets are read apart (secrets.py)."""
 
     target: Target = key(..., "docker", "where the runners run")
-    gitlab_url: Annotated[
-        str, StringConstraints(max_length=2048, pattern=URL_PATTERN), AfterValidator(check_gitlab_url)
-    ] = key("https://gitlab.com", "https://gitlab.example.com", "the GitLab instance, without /api/v4")
+    gitlab_url: Annotated[str, Chars(max_length=2048, pattern=URL_PATTERN), Check(check_gitlab_url)] = key(
+        "https://gitlab.com", "https://gitlab.example.com", "the GitLab instance, without /api/v4"
+    )
     allow_privileged: bool = key(False, True, "let runners set `privileged` (root on the host)")
     concurrent: int | None = key(
         None,
