@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pulumi
 
-from components.docker_host import DockerHost, DockerHostArgs, kind_of
-from components.kubernetes_runner import KubernetesRunner, KubernetesRunnerArgs
-from components.providers import gitlab_provider, kubernetes_provider
+from components.providers import gitlab_provider
 from components.runner_registration import RunnerRegistration, RunnerRegistrationArgs
 from components.settings import load_settings
 
@@ -20,7 +18,10 @@ registration = RunnerRegistration(
 )
 
 targets: dict[str, dict[str, pulumi.Input[object]]] = {r.name: {} for r in settings.runners}
+# Each target's components are imported only for it: the other's provider SDK is not loaded at all.
 if settings.docker is not None:
+    from components.docker_host import DockerHost, DockerHostArgs, kind_of
+
     images = {}
     for host in settings.docker.hosts:
         runners = [r for r in settings.runners if host.name in (r.hosts or ())]
@@ -52,6 +53,9 @@ if settings.docker is not None:
     if images:
         pulumi.export("images", images)
 elif settings.kubernetes is not None:
+    from components.kubernetes_runner import KubernetesRunner, KubernetesRunnerArgs
+    from components.providers import kubernetes_provider
+
     cluster = kubernetes_provider(settings.kubernetes)
     release = KubernetesRunner(
         "kubernetes-runner",
