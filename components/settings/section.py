@@ -141,8 +141,7 @@ class Section:
     __slots__ = ("__dict__", "_fields_set")
     model_fields: ClassVar[dict[str, Key]] = {}
     """Attribute name -> its declaration, in declaration order."""
-    _checks: ClassVar[dict[str, tuple[str, Checker]] | None] = None
-    _required: ClassVar[frozenset[str]] = frozenset()
+    _plan: ClassVar[tuple[tuple[str, str, Checker, Any, bool], ...] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -156,7 +155,7 @@ class Section:
             fields[name] = replace(declared, name=name, alias=to_camel(name), annotation=annotation)
             delattr(cls, name)
         cls.model_fields = fields
-        cls._checks = None
+        cls._plan = None
 
     def __init__(self, **values: Any) -> None:
         unknown = values.keys() - self.model_fields.keys()
@@ -210,33 +209,35 @@ class Section:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
 
     @classmethod
-    def _compiled(cls) -> dict[str, tuple[str, Checker]]:
-        checks = cls._checks
-        if checks is None:
-            checks = {f.alias: (f.name, _checker(f.annotation, f.constraints)) for f in cls.model_fields.values()}
-            cls._checks = checks
-            cls._required = frozenset(f.alias for f in cls.model_fields.values() if f.required)
-        return checks
+    def _compiled(cls) -> tuple[tuple[str, str, Checker, Any, bool], ...]:
+        """Per key, in declaration order: name, alias, its check, its default, whether the default is
+        copied for each instance (a list or a map)."""
+        plan = cls._plan
+        if plan is None:
+            plan = tuple(
+                (f.name, f.alias, _checker(f.annotation, f.constraints), f.default, type(f.default) in (list, dict))
+                for f in cls.model_fields.values()
+            )
+            cls._plan = plan
+        return plan
 
     @classmethod
     def _from(cls, data: Any) -> Self:
         if type(data) is not dict:
             raise _UNDECIDED
-        checks = cls._compiled()
-        if not cls._required <= data.keys():
-            raise _UNDECIDED
         values: dict[str, Any] = {}
-        for alias, given in data.items():
-            found = checks.get(alias)
-            if found is None:
-                raise _UNDECIDED
-            values[found[0]] = found[1](given)
-        fields_set = frozenset(values)
-        for name, declared in cls.model_fields.items():
-            if name not in values:
-                values[name] = _fresh(declared.default)
-        # Declaration order, as pydantic keeps it.
-        return cls.built({name: values[name] for name in cls.model_fields}, fields_set)
+        given: list[str] = []
+        for name, alias, check, default, copied in cls._compiled():
+            if alias in data:
+                values[name] = check(data[alias])
+                given.append(name)
+            elif default is ...:
+                raise _UNDECIDED  # a required key is missing
+            else:
+                values[name] = _fresh(default) if copied else default
+        if len(given) != len(data):
+            raise _UNDECIDED  # a key the section does not have
+        return cls.built(values, frozenset(given))
 
 
 S = TypeVar("S", bound=Section)
