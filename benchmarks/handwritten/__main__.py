@@ -2,7 +2,9 @@
 
 The runners created in GitLab (one UserRunner each), and on each Docker host the runner image, one
 config volume and one runner container with config.toml uploaded into it; on Kubernetes, per runner a
-token Secret and a release of the chart. The stack config is read as plain JSON, nothing is checked,
+token Secret and a release of the chart with the values a hand-edited values.yaml would hold for the
+same deployment (RBAC rules, security contexts, resources: the chart's configuration is the user's
+choice, not the program's structure). The stack config is read as plain JSON, nothing is checked,
 config.toml is string formatting, and only the SDKs of the chosen target are imported (pulumi_docker
 or pulumi_kubernetes, and pulumi_gitlab). What the project costs beyond this is the price of what it
 adds: validated settings, the config sync container, components, the readiness gate.
@@ -83,6 +85,44 @@ else:
 
     namespace = json.loads(config.require("kubernetes")).get("namespace", "gitlab")
     cluster = pulumi.ResourceOptions(provider=kubernetes.Provider("kubernetes", namespace=namespace))
+    # values.yaml, as one would edit it for the chart.
+    chart_values: dict[str, Any] = {
+        "gitlabUrl": url,
+        "checkInterval": 3,
+        "logLevel": "info",
+        "replicas": 1,
+        "terminationGracePeriodSeconds": 3600,
+        "shutdown_timeout": 30,
+        "rbac": {
+            "create": True,
+            "clusterWideAccess": False,
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete", "get", "list", "watch"]},
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods/exec", "pods/attach"],
+                    "verbs": ["create", "delete", "get", "patch"],
+                },
+                {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get", "list"]},
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "delete", "get", "update"]},
+                {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
+                {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get"]},
+                {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]},
+            ],
+        },
+        "serviceAccount": {"create": True},
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
+        "metrics": {"enabled": False, "port": 9252},
+        "service": {"enabled": False},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "podSecurityContext": {"runAsNonRoot": True, "runAsUser": 100, "fsGroup": 65533},
+    }
     for runner in runners:
         name = runner["name"]
         secret = kubernetes.core.v1.Secret(
@@ -91,7 +131,10 @@ else:
             string_data={"runner-token": tokens[name], "runner-registration-token": ""},
             opts=cluster,
         )
-        template = f'[[runners]]\n[runners.kubernetes]\nnamespace = "{namespace}"\nimage = "alpine:3.20.3"\n'
+        template = (
+            f'[[runners]]\nname = "{name}"\nexecutor = "kubernetes"\nlimit = {runner.get("limit", 0)}\n'
+            f'[runners.kubernetes]\nnamespace = "{namespace}"\nimage = "alpine:3.20.3"\n'
+        )
         kubernetes.helm.v3.Release(
             name,
             name=f"{name}-runner",
@@ -100,10 +143,9 @@ else:
             repository_opts=kubernetes.helm.v3.RepositoryOptsArgs(repo="https://charts.gitlab.io"),
             namespace=namespace,
             values={
-                "gitlabUrl": url,
+                **chart_values,
                 "concurrent": runner.get("limit", 0) or 1,
-                "rbac": {"create": True},
-                "runners": {"secret": secret.metadata.name, "config": template},
+                "runners": {"secret": secret.metadata.name, "name": name, "config": template},
             },
             opts=cluster,
         )
