@@ -124,10 +124,6 @@ _UNDECIDED = Undecided()
 Checker = Callable[[Any], Any]
 
 
-def _undecided() -> Any:
-    raise _UNDECIDED
-
-
 # For type checkers: keyword construction, frozen. `key(...)` reads as each key's default, so a required
 # key can be left out in code, as with pydantic's models (the stack file's are checked by `validate`).
 @dataclass_transform(kw_only_default=True, frozen_default=True)
