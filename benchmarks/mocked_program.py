@@ -4,14 +4,12 @@ memory as JSON. Run by benchmarks/program_cost.py; the root Stack exists once pe
     python -m benchmarks.mocked_program '{"program": "project"|"baseline"|"handwritten", "target": ...,
                                           "runners": N, "hosts": H}'
 
-For the project it also says where the time went: its imports (until it reads its settings), reading
-and validating the settings (`load_settings`), and the rest (registering the resources, with whatever
-it imports on the way).
+It also says where the CPU time went: the modules the program imports (the SDKs included), for the
+project reading and validating its settings (`load_settings`), and the rest: registering the resources.
 """
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
 import json
 import os
@@ -38,42 +36,63 @@ PROGRAMS = {
 SETTINGS = "components.settings"
 
 
-class SettingsClock(importlib.abc.MetaPathFinder):
-    """Times the project's settings: the import of the settings package (with what it imports), and its
-    `load_settings` call, wrapped when the package is imported, before the program can import the name."""
+class Clock:
+    """Where a program's time goes, in CPU time: the modules it imports (wherever it imports them, each
+    counted once with what it imports in turn), and the project's `load_settings` call (wrapped when the
+    settings package is imported, before the program can import the name).
+
+    It stands in for the path finder (`install`), so that looking for a module costs what it did."""
 
     def __init__(self) -> None:
-        self.imported = 0.0
-        self.called: float | None = None
-        self.returned: float | None = None
+        self.importing = 0.0
+        self.depth = 0
+        self.settings = 0.0
+        self.settings_imports = 0.0
+        self.called = False
+        self.path_finder: Any = importlib.machinery.PathFinder
+
+    def install(self) -> None:
+        sys.meta_path[sys.meta_path.index(self.path_finder)] = self
+
+    def __getattr__(self, name: str) -> Any:
+        # invalidate_caches, find_distributions (importlib.metadata asks the finders): the path finder's.
+        return getattr(self.path_finder, name)
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != SETTINGS:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
-            return spec
-        loader = spec.loader
-        execute = loader.exec_module
-
-        def exec_module(module: ModuleType) -> None:
-            begun = time.perf_counter()
-            execute(module)
-            self.imported = time.perf_counter() - begun
-            setattr(module, "load_settings", self.timed(module.load_settings))  # noqa: B010 - a module's name
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
+        spec: importlib.machinery.ModuleSpec | None = self.path_finder.find_spec(fullname, path, target)
+        # Loaders of their own per module (source, bytecode, extension).
+        if spec is not None and isinstance(
+            spec.loader, importlib.machinery.SourceFileLoader | importlib.machinery.ExtensionFileLoader
+        ):
+            setattr(spec.loader, "exec_module", self.timed_import(fullname, spec.loader.exec_module))  # noqa: B010
         return spec
 
-    def timed(self, load: Callable[[], Any]) -> Callable[[], Any]:
+    def timed_import(self, name: str, execute: Callable[[ModuleType], None]) -> Callable[[ModuleType], None]:
+        def exec_module(module: ModuleType) -> None:
+            self.depth += 1
+            begun = time.process_time()
+            try:
+                execute(module)
+            finally:
+                self.depth -= 1
+                if self.depth == 0:
+                    self.importing += time.process_time() - begun
+            if name == SETTINGS:
+                setattr(module, "load_settings", self.timed_settings(module.load_settings))  # noqa: B010
+
+        return exec_module
+
+    def timed_settings(self, load: Callable[[], Any]) -> Callable[[], Any]:
         def load_settings() -> Any:
-            self.called = time.perf_counter()
+            self.called = True
+            imported, begun = self.importing, time.process_time()
             try:
                 return load()
             finally:
-                self.returned = time.perf_counter()
+                self.settings += time.process_time() - begun
+                self.settings_imports += self.importing - imported
 
         return load_settings
 
@@ -135,23 +154,26 @@ def main() -> None:
     pulumi.runtime.set_all_config(config, ["gitlab:token"])
     pulumi.export = lambda name, value: None
     program = PROGRAMS[request["program"]]
-    clock = SettingsClock()
-    sys.meta_path.insert(0, clock)
-    started = time.perf_counter()
+    clock = Clock()
+    clock.install()
+    started, cpu_started = time.perf_counter(), time.process_time()
 
     def evaluate() -> None:
         runpy.run_path(str(program), run_name="__main__")
 
     _sync_await(run_pulumi_func(evaluate))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result: dict[str, Any] = {"seconds": elapsed, "peak_mib": peak_kib / 1024, "types": dict(mocks.types)}
-    if clock.called is not None and clock.returned is not None:
-        result["phases"] = {
-            "import": clock.called - started - clock.imported,
-            "settings": clock.imported + clock.returned - clock.called,
-            "registration": started + elapsed - clock.returned,
-        }
+    settings = clock.settings - clock.settings_imports
+    result: dict[str, Any] = {
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "peak_mib": peak_kib / 1024,
+        "types": dict(mocks.types),
+        "phases": {"import": clock.importing, "registration": cpu - clock.importing - settings},
+    }
+    if clock.called:
+        result["phases"]["settings"] = settings
     print(json.dumps(result), flush=True)
     # Straight out: the mocks' event loop, collected at exit, only prints noise about its closed pipe.
     os._exit(0)
