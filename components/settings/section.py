@@ -187,6 +187,10 @@ class Section:
         changes = dict(update or {})
         return self.built({**self.__dict__, **changes}, self.model_fields_set | frozenset(changes))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copy, deepcopy and pickle rebuild it as it was (the default would set attributes one by one).
+        return (_rebuilt, (type(self), self.__dict__, self.model_fields_set))
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is frozen")
 
@@ -237,6 +241,10 @@ class Section:
 
 
 S = TypeVar("S", bound=Section)
+
+
+def _rebuilt(cls: type[S], values: dict[str, Any], fields_set: frozenset[str]) -> S:
+    return cls.built(dict(values), fields_set)
 
 
 def validate(cls: type[S], data: Any) -> S | None:

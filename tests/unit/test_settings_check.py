@@ -9,7 +9,9 @@ default, values of its type near its bounds, and any YAML-shaped value.
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -211,6 +213,14 @@ def test_sections_are_frozen_and_copied_with_changes() -> None:
     assert copy.executor == "shell" and runner.executor is None
     assert copy.model_fields_set == {"name", "tags", "executor"}
     assert model.Runner(name="a", tags=["x"]) == runner
+
+
+def test_sections_copy_deepcopy_and_pickle_as_they_are() -> None:
+    config = validate(model.StackConfig, {"target": "docker", "runners": [{"name": "a", "tags": ["x"]}]})
+    assert config is not None
+    for again in (copy.copy(config), copy.deepcopy(config), pickle.loads(pickle.dumps(config))):  # noqa: S301
+        assert again == config and fields_sets(again) == fields_sets(config)
+    assert copy.deepcopy(config).runners is not config.runners
 
 
 def test_a_valid_stack_never_imports_pydantic() -> None:
