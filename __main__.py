@@ -24,13 +24,18 @@ gc.freeze()
 
 registration = RunnerRegistration(
     "runners",
-    RunnerRegistrationArgs(runners=settings.runners, existing_tokens=secrets.runner_tokens),
+    RunnerRegistrationArgs(
+        runners=settings.runners,
+        existing_tokens=secrets.runner_tokens,
+        existing_host_tokens=secrets.runner_host_tokens,
+    ),
     opts=pulumi.ResourceOptions(providers=[gitlab] if gitlab else []),
 )
 
 targets: dict[str, dict[str, pulumi.Input[object]]] = {r.name: {} for r in settings.runners}
 if settings.docker is not None:
     images = {}
+    housekeeping = {}
     for host in settings.docker.hosts:
         runners = [r for r in settings.runners if host.name in (r.hosts or ())]
         on_host = DockerHost(
@@ -41,7 +46,8 @@ if settings.docker is not None:
                 runners=runners,
                 global_=settings.global_,
                 gitlab_url=settings.gitlab_url,
-                tokens=registration.tokens,
+                tokens=registration.tokens_on(host.name, runners),
+                shared_tokens=registration.shared_tokens,
                 tls=secrets.docker_tls.get(host.name),
                 allow_privileged=settings.allow_privileged,
                 cache=settings.cache,
@@ -52,6 +58,8 @@ if settings.docker is not None:
         )
         if on_host.image_name is not None:
             images[host.name] = on_host.image_name
+        if on_host.housekeeping is not None:
+            housekeeping[host.name] = on_host.housekeeping
         for runner in runners:
             kind = kind_of(runner.executor)
             targets[runner.name][host.name] = {
@@ -60,6 +68,8 @@ if settings.docker is not None:
             }
     if images:
         pulumi.export("images", images)
+    if housekeeping:
+        pulumi.export("housekeeping", housekeeping)
 elif settings.kubernetes is not None:
     cluster = kubernetes_provider(settings.kubernetes)
     release = KubernetesRunner(

@@ -21,7 +21,12 @@ from typing import Any
 
 import pulumi
 
-API = "/v1.41"  # Docker 20.10, the oldest engine the project supports
+# The Engine API versions this gate speaks, as a client negotiates them: the newest version both sides
+# know. The fields it reads (State.Running, Status, ExitCode, Health) are the same in all of them. A
+# fixed version fails somewhere: Docker 20.10 knows nothing past 1.41, and Docker 29.0-29.2 (or any
+# engine started with DOCKER_MIN_API_VERSION) refuse everything below 1.44.
+OLDEST_API = (1, 40)
+NEWEST_API = (1, 54)
 
 
 @dataclass(frozen=True)
@@ -51,25 +56,63 @@ def _tls_context(cert_path: str) -> ssl.SSLContext:
     return context
 
 
-def inspect(engine: Engine, container: str, timeout: float = 10) -> dict[str, Any]:
-    """`docker inspect` of one container, through the Engine API."""
-    connection: http.client.HTTPConnection
+def _version(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    return int(major), int(minor)
+
+
+def negotiate(server: dict[str, Any]) -> str:
+    """The API version to speak with an engine, from its unversioned `GET /version` answer."""
+    newest = min(_version(str(server.get("ApiVersion", "1.40"))), NEWEST_API)
+    oldest = _version(str(server.get("MinAPIVersion", "1.12")))
+    if newest < oldest or newest < OLDEST_API:
+        raise OSError(
+            f"the engine speaks Docker API {server.get('MinAPIVersion')}-{server.get('ApiVersion')}, "
+            f"this gate {OLDEST_API[0]}.{OLDEST_API[1]}-{NEWEST_API[0]}.{NEWEST_API[1]}"
+        )
+    return f"{newest[0]}.{newest[1]}"
+
+
+def _get(connection: http.client.HTTPConnection, path: str, raw: bool = False, missing_ok: bool = False) -> Any:
+    connection.request("GET", path)
+    response = connection.getresponse()
+    body = response.read()
+    if missing_ok and response.status == 404:
+        return None
+    if response.status != 200:
+        message = body.decode(errors="replace").strip()[:200]
+        raise OSError(f"the Docker API answered {response.status} to GET {path}: {message}")
+    return body if raw else json.loads(body)
+
+
+def _connect(engine: Engine, timeout: float) -> http.client.HTTPConnection:
     if engine.host.startswith("unix://"):
-        connection = _UnixConnection(engine.host[len("unix://") :], timeout)
-    else:
-        address = engine.host[len("tcp://") :].split("/", 1)[0]
-        host, _, port = address.rpartition(":")
-        if engine.cert_path is None:
-            raise OSError(f"{engine.host} has no certPath to reach its API with")
-        context = _tls_context(engine.cert_path)
-        connection = http.client.HTTPSConnection(host, int(port or 2376), timeout=timeout, context=context)
+        return _UnixConnection(engine.host[len("unix://") :], timeout)
+    address = engine.host[len("tcp://") :].split("/", 1)[0]
+    host, _, port = address.rpartition(":")
+    if engine.cert_path is None:
+        raise OSError(f"{engine.host} has no certPath to reach its API with")
+    context = _tls_context(engine.cert_path)
+    return http.client.HTTPSConnection(host, int(port or 2376), timeout=timeout, context=context)
+
+
+def request(engine: Engine, path: str, raw: bool = False, timeout: float = 10) -> Any:
+    """GET one Engine API path (`/containers/x/json`) at the version negotiated with the engine: its
+    JSON, or its bytes with `raw`; None where the engine answers 404 (no such container)."""
+    connection = _connect(engine, timeout)
     try:
-        connection.request("GET", f"{API}/containers/{container}/json")
-        response = connection.getresponse()
-        body = response.read()
-        if response.status != 200:
-            raise OSError(f"the Docker API answered {response.status}")
-        found: dict[str, Any] = json.loads(body)
+        version = negotiate(_get(connection, "/version"))
+        return _get(connection, f"/v{version}{path}", raw=raw, missing_ok=True)
+    finally:
+        connection.close()
+
+
+def inspect(engine: Engine, container: str, timeout: float = 10) -> dict[str, Any]:
+    """`docker inspect` of one container, through the Engine API at the version negotiated with it."""
+    connection = _connect(engine, timeout)
+    try:
+        version = negotiate(_get(connection, "/version"))
+        found: dict[str, Any] = _get(connection, f"/v{version}/containers/{container}/json")
         return found
     finally:
         connection.close()

@@ -13,11 +13,12 @@ import pulumi
 import pulumi_docker as docker
 
 from components.docker_health import Engine
-from components.docker_runner import DockerRunner, DockerRunnerArgs
+from components.docker_housekeeping import DockerHousekeeping, DockerHousekeepingArgs
+from components.docker_runner import DockerRunner, DockerRunnerArgs, SessionEndpoint
 from components.runner_image import RunnerImage, RunnerImageArgs
 from components.settings import DockerHost as HostSettings
 from components.settings import DockerTarget, DockerTls, GlobalSettings, Runner
-from components.settings.model import Cache, Readiness
+from components.settings.model import SESSION_OFFSETS, Cache, Readiness
 
 COMPONENT_TYPE = "gitlab-runners:index:DockerHost"
 # One runner container per executor kind: only the docker executor gets the Docker socket, so a shell
@@ -32,6 +33,21 @@ KINDS: dict[str, tuple[tuple[str, ...], int, bool]] = {
 
 def kind_of(executor: str | None) -> str:
     return next(kind for kind, (executors, _, _) in KINDS.items() if executor in executors)
+
+
+def session_endpoint(host: HostSettings, global_: GlobalSettings, kind: str) -> SessionEndpoint | None:
+    """The session server of a host's runner container of `kind`: the host's own address (settings
+    rules require it), the port of the kind; None where the terminal is off or the kind has none."""
+    session = global_.session_server
+    if not session.enabled or kind not in SESSION_OFFSETS or host.session_address is None:
+        return None
+    port = session.port + SESSION_OFFSETS[kind]
+    return SessionEndpoint(
+        port=port,
+        advertise_address=f"{host.session_address}:{port}",
+        timeout=session.session_timeout,
+        host_address=session.host_address,
+    )
 
 
 def executor_groups(runners: Sequence[Runner]) -> dict[str, list[Runner]]:
@@ -62,7 +78,10 @@ class DockerHostArgs:
     """The GitLab instance."""
 
     tokens: dict[str, pulumi.Output[str]]
-    """Runner name -> secret token."""
+    """Runner name -> the secret token this host's runner manager holds."""
+
+    shared_tokens: frozenset[str] = frozenset()
+    """Runners whose token other hosts hold too (one runnerTokens token on several hosts): rotation off."""
 
     tls: DockerTls | None = None
     """PEM material for a tcp:// host, as secrets."""
@@ -94,6 +113,9 @@ class DockerHost(pulumi.ComponentResource):
 
     image_name: pulumi.Output[str] | None
     """The built image's name and tag (None with a prebuilt image)."""
+
+    housekeeping: pulumi.Output[str] | None
+    """The housekeeping container's name (None when housekeeping is off)."""
 
     def __init__(self, name: str, args: DockerHostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(COMPONENT_TYPE, name, None, opts)
@@ -143,6 +165,7 @@ class DockerHost(pulumi.ComponentResource):
                     global_=args.global_,
                     gitlab_url=args.gitlab_url,
                     tokens={r.name: args.tokens[r.name] for r in runners},
+                    shared_tokens=frozenset(r.name for r in runners if r.name in args.shared_tokens),
                     socket_path=host.socket_path if socket else None,
                     network_mode=host.network_mode,
                     metrics_port=(host.metrics_port or args.global_.metrics_port) + offset,
@@ -156,9 +179,23 @@ class DockerHost(pulumi.ComponentResource):
                     gitlab_ca=args.gitlab_ca,
                     readiness=args.readiness,
                     engine=engine,
+                    session=session_endpoint(host, args.global_, kind),
                 ),
                 opts=on_host,
             )
             self.containers[kind] = runner.container_name
             self.container_ids[kind] = runner.container_id
+        self.housekeeping = None
+        if target.housekeeping.enabled:
+            housekeeping = DockerHousekeeping(
+                f"{name}-housekeeping",
+                DockerHousekeepingArgs(
+                    settings=target.housekeeping,
+                    container_name=f"{prefix}-housekeeping",
+                    socket_path=host.socket_path or "/var/run/docker.sock",
+                    host=host.name,
+                ),
+                opts=on_host,
+            )
+            self.housekeeping = housekeeping.container_name
         self.register_outputs({"containers": self.containers})

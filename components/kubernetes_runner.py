@@ -6,16 +6,24 @@ import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as kubernetes
 
-from components.runner_config import gitlab_host, manager_concurrency, render_chart_runner_toml
+from components.runner_config import (
+    gitlab_host,
+    manager_concurrency,
+    render_chart_global_toml,
+    render_chart_runner_toml,
+)
 from components.settings import GlobalSettings, KubernetesTarget, Runner
-from components.settings.model import Cache, Readiness, ServiceMonitor
+from components.settings.model import Cache, ManagerPods, Readiness, ServiceMonitor, SessionServer, SessionService
 
 COMPONENT_TYPE = "gitlab-runners:index:KubernetesRunner"
+GLOBAL_CONFIG_SCRIPT = Path(__file__).resolve().parent / "files" / "global-config.sh"
+GLOBAL_TOML_END = "GITLAB_RUNNERS_GLOBAL_TOML"
 # The chart's image runs as this user (gitlab-runner in the official alpine image).
 RUNNER_UID = 100
 RUNNER_FS_GROUP = 65533
@@ -44,6 +52,82 @@ RBAC_RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]},
 ]
+# With namespace_per_job the executor creates each job's namespace and deletes it afterwards.
+NAMESPACE_PER_JOB_RULE: dict[str, list[str]] = {
+    "apiGroups": [""],
+    "resources": ["namespaces"],
+    "verbs": ["create", "delete"],
+}
+
+
+def release_name(runner: Runner) -> str:
+    """The Helm release of a runner; the chart labels its pods `release: <this>`."""
+    return f"{runner.name}-runner"
+
+
+def tolerations(taints: Mapping[str, str]) -> list[dict[str, str]]:
+    """`key[=value]: effect` as a pod spec's tolerations: Equal with a value, Exists without; an empty
+    effect tolerates every effect (the runner reads node_tolerations the same way)."""
+    found = []
+    for taint, effect in taints.items():
+        name, has_value, value = taint.partition("=")
+        toleration = (
+            {"key": name, "operator": "Equal", "value": value} if has_value else {"key": name, "operator": "Exists"}
+        )
+        if effect:
+            toleration["effect"] = effect
+        found.append(toleration)
+    return found
+
+
+def manager_placement(pods: ManagerPods, release: str) -> dict[str, Any]:
+    """The chart's values that place the runner manager pods (deployment.yaml), only those set."""
+    values: dict[str, Any] = {}
+    if pods.node_selector:
+        values["nodeSelector"] = dict(pods.node_selector)
+    if pods.tolerations:
+        values["tolerations"] = tolerations(pods.tolerations)
+    if pods.affinity:
+        values["affinity"] = {k: dict(v) for k, v in pods.affinity.items()}
+    if pods.priority_class_name:
+        values["priorityClassName"] = pods.priority_class_name
+    if pods.topology_spread_constraints:
+        values["topologySpreadConstraints"] = [
+            {
+                "maxSkew": spread.max_skew,
+                "topologyKey": spread.topology_key,
+                "whenUnsatisfiable": spread.when_unsatisfiable,
+                # By default each runner's own manager pods, which the chart labels with their release.
+                "labelSelector": {"matchLabels": dict(spread.match_labels or {"release": release})},
+            }
+            for spread in pods.topology_spread_constraints
+        ]
+    return values
+
+
+def session_values(session: SessionServer, service: SessionService) -> dict[str, Any]:
+    """The chart's sessionServer: it writes [session_server] (listen 0.0.0.0:internalPort) and creates the
+    Service; the pod finds the address to advertise at start (the Service's, the node's or publicAddress)."""
+    values: dict[str, Any] = {
+        "enabled": True,
+        "timeout": session.session_timeout,
+        "internalPort": session.port,
+        "externalPort": service.port,
+        "serviceType": service.type,
+    }
+    if service.node_port is not None:
+        values["nodePort"] = service.node_port
+    if service.public_address is not None:
+        values["publicIP"] = service.public_address
+    if service.source_ranges:
+        values["loadBalancerSourceRanges"] = list(service.source_ranges)
+    return values
+
+
+def rbac_rules(runner: Runner) -> list[dict[str, list[str]]]:
+    """The rules one runner manager's executor needs, and no more."""
+    per_job = runner.job_pods is not None and runner.job_pods.namespace_per_job
+    return [*RBAC_RULES, NAMESPACE_PER_JOB_RULE] if per_job else list(RBAC_RULES)
 
 
 @dataclass(frozen=True)
@@ -52,7 +136,7 @@ class KubernetesRunnerArgs:
     """Namespace, chart source and version, replicas, resources, RBAC, service account."""
 
     global_: GlobalSettings
-    """check interval, metrics, shutdown timeout (shared with the Docker target)."""
+    """check interval, metrics, shutdown timeout, extraGlobalConfig (shared with the Docker target)."""
 
     gitlab_url: str
     """The GitLab instance URL the runners talk to."""
@@ -82,12 +166,44 @@ class KubernetesRunnerArgs:
     """The chart's Prometheus Operator ServiceMonitor."""
 
 
+def global_config_script(global_toml: str) -> str:
+    """The chart's pre-entrypoint script that puts config.toml's global part, rendered with
+    extraGlobalConfig, in place in the runner pod (components/files/global-config.sh)."""
+    # A TOML writer puts no line break inside a value, so no line of it can end the heredoc.
+    if GLOBAL_TOML_END in global_toml.splitlines():
+        raise ValueError(f"a line of the global TOML is the script's heredoc end, {GLOBAL_TOML_END}")
+    return GLOBAL_CONFIG_SCRIPT.read_text().replace("__GLOBAL_TOML__\n", global_toml)
+
+
 def fingerprint(*secrets: str) -> str:
     """A short hash of secrets: it changes with any of them and says nothing about them."""
     digest = hashlib.sha256()
     for secret in secrets:
         digest.update(hashlib.sha256(secret.encode()).digest())
     return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ReleaseWait:
+    """What the readiness gate means for a Helm release.
+
+    On: install and upgrade wait (up to the timeout) for the runner pods to be ready, a release that
+    does not get there is rolled back (Helm's atomic), and uninstall waits for its objects to go.
+    Off: nothing waits, and a failed release is left as it is. The two switches move together: Helm
+    turns its wait back on whenever atomic is set, and the provider's uninstall waits when atomic is
+    set or the await is not skipped.
+    """
+
+    atomic: bool
+    skip_await: bool
+    timeout: int | None
+    """Seconds; None when nothing waits (the chart has no hooks for a timeout to bound)."""
+
+    @classmethod
+    def of(cls, readiness: Readiness) -> ReleaseWait:
+        if readiness.enabled:
+            return cls(atomic=True, skip_await=False, timeout=readiness.timeout_seconds)
+        return cls(atomic=False, skip_await=True, timeout=None)
 
 
 @dataclass(frozen=True)
@@ -116,7 +232,7 @@ def chart_values(
         service_account["name"] = settings.service_account.name
     rbac: dict[str, Any] = {"create": settings.rbac.create, "clusterWideAccess": settings.rbac.cluster_wide_access}
     if settings.rbac.create:
-        rbac["rules"] = RBAC_RULES
+        rbac["rules"] = rbac_rules(runner)
     metrics: dict[str, Any] = {"enabled": global_.metrics_enabled, "port": global_.metrics_port}
     if extras.service_monitor.enabled:
         metrics["serviceMonitor"] = {
@@ -168,9 +284,15 @@ def chart_values(
             "fsGroup": RUNNER_FS_GROUP,
         },
         "runners": runners,
+        **manager_placement(settings.manager_pods, release_name(runner)),
     }
+    if global_.session_server.enabled:
+        values["sessionServer"] = session_values(global_.session_server, settings.session_service or SessionService())
     if extras.certs_secret is not None:
         values["certsSecretName"] = extras.certs_secret
+    global_toml = render_chart_global_toml(global_, runner)
+    if global_toml is not None:
+        values["preEntrypointScript"] = global_config_script(global_toml)
     return values
 
 
@@ -182,7 +304,7 @@ class KubernetesRunner(pulumi.ComponentResource):
     release_names: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, args: KubernetesRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        releases = {r.name: f"{r.name}-runner" for r in args.runners}
+        releases = {r.name: release_name(r) for r in args.runners}
         super().__init__(COMPONENT_TYPE, name, {"namespace": args.settings.namespace, "releases": releases}, opts)
         settings = args.settings
         labels = {"app.kubernetes.io/managed-by": "pulumi", "app.kubernetes.io/part-of": "gitlab-runners"}
@@ -239,6 +361,7 @@ class KubernetesRunner(pulumi.ComponentResource):
             certs_secret=certs_secret,
             service_monitor=args.service_monitor,
         )
+        wait = ReleaseWait.of(args.readiness)
         self.release_names = {}
         for runner in args.runners:
             token = args.tokens[runner.name]
@@ -264,19 +387,18 @@ class KubernetesRunner(pulumi.ComponentResource):
             )
             release = kubernetes.helm.v3.Release(
                 f"{name}-{runner.name}",
-                name=f"{runner.name}-runner",
+                name=release_name(runner),
                 chart=settings.chart.reference,
                 version=settings.chart.version,
-                repository_opts=kubernetes.helm.v3.RepositoryOptsArgs(repo=settings.chart.repository)
-                if settings.chart.repository
+                repository_opts=kubernetes.helm.v3.RepositoryOptsArgs(repo=settings.chart.index_repository)
+                if settings.chart.index_repository
                 else None,
                 namespace=in_namespace,
                 values=values,
-                atomic=True,
                 cleanup_on_fail=True,
-                # The readiness gate: the release succeeds once the runner pods are ready.
-                skip_await=not args.readiness.enabled,
-                timeout=args.readiness.timeout_seconds,
+                atomic=wait.atomic,
+                skip_await=wait.skip_await,
+                timeout=wait.timeout,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[secret, *depends]),
             )
             self.release_names[runner.name] = release.name

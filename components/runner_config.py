@@ -3,11 +3,16 @@
 Both targets use these functions so a Docker runner and a Kubernetes runner with the same settings
 are configured alike. They are pure: plain values in, TOML text out. Callers that pass real tokens
 wrap the result in a secret Output.
+
+The typed settings are rendered first; extraConfig and extraGlobalConfig (keys the settings checked
+against the runner's own key tree, never one a typed setting renders) are then laid over them, table
+by table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,6 +20,18 @@ import tomli_w
 
 from components.settings import GlobalSettings, Runner
 from components.settings.model import Autoscaler, Cache, JobPods, JobResources
+
+
+def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` laid over it: a table merged key by key, any other value replaced."""
+    merged = dict(base)
+    for key, value in extra.items():
+        current = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            merged[key] = deep_merge(current, value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def _docker_section(runner: Runner) -> dict[str, Any]:
@@ -90,6 +107,9 @@ def _kubernetes_section(runner: Runner, namespace: str | None) -> dict[str, Any]
         ("cpu_request_overwrite_max_allowed", pods.max_cpu_request),
         ("memory_request_overwrite_max_allowed", pods.max_memory_request),
         ("service_account", pods.service_account),
+        # Resolved settings: a mirrored helper with the tag of the job pods' architecture (placement.py).
+        ("helper_image", pods.helper_image),
+        ("helper_image_flavor", pods.helper_image_flavor),
     ):
         if value is not None:
             section[key] = value
@@ -130,7 +150,16 @@ def runner_table(
     table["request_concurrency"] = runner.request_concurrency
     table["limit"] = runner.limit
     table.update(_executor_section(runner, namespace))
-    return table
+    return deep_merge(table, runner.extra_config)
+
+
+ROTATION_OFF = "FF_DISABLE_AUTOMATIC_TOKEN_ROTATION"
+
+
+def without_token_rotation(table: Mapping[str, Any]) -> dict[str, Any]:
+    """A `[[runners]]` entry whose runner never resets its token itself (the flag wins over extraConfig):
+    for a token several runner managers hold, which one manager's reset would revoke for the others."""
+    return {**table, "feature_flags": {**table.get("feature_flags", {}), ROTATION_OFF: True}}
 
 
 def gitlab_host(url: str) -> str:
@@ -178,6 +207,26 @@ def cache_table(cache: Cache, credentials: Mapping[str, str] | None = None) -> d
     return table
 
 
+def global_table(
+    global_: GlobalSettings,
+    concurrent: int,
+    listen_address: str | None = None,
+    session_server: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """config.toml's global part: the typed settings, then extraGlobalConfig."""
+    document: dict[str, Any] = {
+        "concurrent": concurrent,
+        "check_interval": global_.check_interval,
+        "shutdown_timeout": global_.shutdown_timeout,
+        "log_level": global_.log_level,
+    }
+    if listen_address is not None:
+        document["listen_address"] = listen_address
+    if session_server is not None:
+        document["session_server"] = dict(session_server)
+    return deep_merge(document, global_.extra)
+
+
 def render_config_toml(
     global_: GlobalSettings,
     runners: Sequence[Runner],
@@ -187,16 +236,14 @@ def render_config_toml(
     cache: Cache | None = None,
     cache_credentials: Mapping[str, str] | None = None,
     ca_file: str | None = None,
+    session_server: Mapping[str, Any] | None = None,
+    shared_tokens: Collection[str] = (),
 ) -> str:
-    """The complete config.toml of a runner manager serving `runners`."""
-    document: dict[str, Any] = {
-        "concurrent": manager_concurrency(global_, runners),
-        "check_interval": global_.check_interval,
-        "shutdown_timeout": global_.shutdown_timeout,
-        "log_level": global_.log_level,
-    }
-    if listen_address is not None:
-        document["listen_address"] = listen_address
+    """The complete config.toml of a runner manager serving `runners`; `session_server` is its
+    [session_server] table (listen_address, advertise_address, session_timeout), None for none; the
+    runners in `shared_tokens` hold a token other runner managers hold too, so their automatic token
+    rotation is off."""
+    document = global_table(global_, manager_concurrency(global_, runners), listen_address, session_server)
     tables = []
     for runner in runners:
         table = runner_table(runner, url, tokens[runner.name])
@@ -204,6 +251,8 @@ def render_config_toml(
             table["tls-ca-file"] = ca_file
         if cache is not None:
             table["cache"] = cache_table(cache, cache_credentials)
+        if runner.name in shared_tokens:
+            table = without_token_rotation(table)
         tables.append(table)
     document["runners"] = tables
     return tomli_w.dumps(document)
@@ -219,5 +268,23 @@ def render_chart_runner_toml(runner: Runner, namespace: str, cache: Cache | None
     table = runner_table(runner, namespace=namespace)
     if cache is not None:
         table["cache"] = cache_table(cache)
-    table["feature_flags"] = {"FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True}
-    return tomli_w.dumps({"runners": [table]})
+    table = without_token_rotation(table)
+    # The chart passes runners.config through Helm's `tpl`: a "{{" of a value (a script's
+    # `docker ps --format '{{.ID}}'`) would be taken for a template action.
+    return tomli_w.dumps({"runners": [table]}).replace("{{", '{{ "{{" }}')
+
+
+def render_chart_global_toml(global_: GlobalSettings, runner: Runner) -> str | None:
+    """config.toml's global part for a runner's chart release, when extraGlobalConfig adds to it.
+
+    The chart renders the global part itself, from values with no place for other keys, and its
+    registration takes only the [[runners]] entry of runners.config. So with extraGlobalConfig the whole
+    global part is rendered here, the chart's keys with the values chart_values gives the chart
+    (kubernetes_runner.py puts it in place in the pod). None without extraGlobalConfig: the chart's own
+    stays as it is. The chart's [session_server] is not rendered here: its address is found in the pod
+    at start, and the script keeps the table the chart wrote.
+    """
+    if not global_.extra:
+        return None
+    listen_address = f":{global_.metrics_port}" if global_.metrics_enabled else None
+    return tomli_w.dumps(global_table(global_, manager_concurrency(global_, [runner]), listen_address))

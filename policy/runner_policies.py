@@ -4,8 +4,9 @@ Runners execute other people's code, so their deployment is a security boundary.
 why it exists; each names the resource and the offending value in its message.
 
 Allowances are explicit and visible: the program marks a resource as allowed only when the stack
-file says so (`gitlab-runners:allowPrivileged: true` -> container label
-`io.gitlab-runners.allow-privileged=true` / chart pod annotation `gitlab-runners.io/allow-privileged`;
+file says so (`gitlab-runners:allowPrivileged: true` -> label `io.gitlab-runners.allow-privileged=true`
+on the container that uploads the config.toml it allows / chart pod annotation
+`gitlab-runners.io/allow-privileged`;
 `kubernetes.rbac.clusterWideAccess: true` -> pod annotation `gitlab-runners.io/allow-cluster-wide-rbac`).
 
 A Docker runner container does not carry its config.toml itself: a one-shot "config sync" container
@@ -54,6 +55,10 @@ CLUSTER_RBAC = (CLUSTER_ROLE, "kubernetes:rbac.authorization.k8s.io/v1:ClusterRo
 ALLOW_PRIVILEGED_LABEL = "io.gitlab-runners.allow-privileged"
 ALLOW_PRIVILEGED_ANNOTATION = "gitlab-runners.io/allow-privileged"
 ALLOW_CLUSTER_RBAC_ANNOTATION = "gitlab-runners.io/allow-cluster-wide-rbac"
+# The housekeeping container (components/docker_housekeeping.py) uses the socket with the docker CLI
+# to remove what jobs left; it runs no runner and no job.
+ROLE_LABEL = "io.gitlab-runners.role"
+HOUSEKEEPING_ROLE = "housekeeping"
 CONFIG_DIR = "/etc/gitlab-runner"
 DOCKER_SOCKET = re.compile(r"(^|/)(docker|podman)\.sock$")
 TOKEN = re.compile(r"(glrt-|glpat-|GR1348941)[A-Za-z0-9_-]{8,}")
@@ -235,10 +240,12 @@ def _privileged_container(container: Resource, containers: Sequence[Resource], r
     props = container.props
     if props.get("privileged"):
         report(f"{container.name}: the runner container itself is privileged; it never needs to be", container.urn)
-    # The container that runs the jobs carries the allowance (the program labels both alike).
-    if _labels(props).get(ALLOW_PRIVILEGED_LABEL) == "true":
-        return
+    # The allowance travels with the config.toml it allows: a label of the container that uploads it
+    # (the config sync; in older programs the runner container itself). A label on a runner container
+    # that reads its config.toml from a volume says nothing: the program no longer keeps it current.
     for source, config in _configs_to_check(container, containers):
+        if _labels(source.props).get(ALLOW_PRIVILEGED_LABEL) == "true":
+            continue
         for runner, section in _executor_sections(list(config.get("runners", []))):
             if section.get("privileged"):
                 report(
@@ -277,9 +284,30 @@ def no_privileged_runners(args: StackValidationArgs, report: ReportViolation) ->
 # ---- docker-socket-only-for-docker-executor ---------------------------------------------------
 
 
+def _housekeeping_problem(props: Mapping[str, Any]) -> str | None:
+    """Why a container labelled as the housekeeping one could run something else than the docker CLI
+    (None: it cannot: no network, no runner config, nothing uploaded, no capabilities)."""
+    if props.get("networkMode") != "none":
+        return f"has network {props.get('networkMode') or 'bridge'!r}, not 'none'"
+    if any(target.rstrip("/") == CONFIG_DIR for _, target in _mounts(props)) or props.get("uploads"):
+        return "mounts a runner config or has files uploaded"
+    if "ALL" not in ((props.get("capabilities") or {}).get("drops") or []) or props.get("privileged"):
+        return "keeps Linux capabilities"
+    return None
+
+
 def _socket_check(container: Resource, containers: Sequence[Resource], report: ReportViolation) -> None:
     sockets = docker_sockets(container.props)
     if not sockets:
+        return
+    if _labels(container.props).get(ROLE_LABEL) == HOUSEKEEPING_ROLE:
+        problem = _housekeeping_problem(container.props)
+        if problem is not None:
+            report(
+                f"{container.name}: mounts the Docker socket {sockets[0]} (root on the host) as the housekeeping "
+                f"container, but {problem}",
+                container.urn,
+            )
         return
     configs = container_configs(container, containers)
     executors = sorted({str(r.get("executor")) for _, config in configs for r in config.get("runners", [])})
@@ -469,7 +497,7 @@ STACK_POLICIES = [
     _stack_policy(
         "docker-socket-only-for-docker-executor",
         "The Docker socket is root on the host; only a container whose runners all use the docker "
-        "executor may mount it.",
+        "executor may mount it, and the housekeeping container, which has no network and runs no job.",
         docker_socket_only_for_docker_executor,
     ),
     _stack_policy(

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """A short table of a stack's runners, read from `pulumi preview --json` output (never recomputed):
 where each runs, its executor, its tags, and whether the stack creates it in GitLab or it brings its
-own token. Used by scripts/preview and the merge-request job of ci/gitlab-ci.yml.
+own token; then each runner container the plan replaces (it drains its running jobs first), with the
+settings that cause that (components/replacement.py). Used by scripts/preview and the merge-request
+job of ci/gitlab-ci.yml.
 
     scripts/plan_table.py plan.json                 # the table
     scripts/plan_table.py --steps plan.json         # the resources that change, warnings, then the table
@@ -12,7 +14,14 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from components.replacement import settings_replacing  # the project is on the path now
+
+CONTAINER = "docker:index/container:Container"
+VOLUME = "docker:index/volume:Volume"
 
 
 def component_inputs(plan: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -50,15 +59,50 @@ def table(plan: dict[str, Any]) -> str:
                 runners[name]["where"].append(f"release {release} in namespace {cluster.get('namespace')}")
     lines = ["| runner | runs on | executor | tags | in GitLab |", "|---|---|---|---|---|"]
     for name, runner in sorted(runners.items()):
-        created = runner.get("registration") == "created"
+        # "created", "existing token", each possibly followed by ", one per host" and the like.
+        how, _, detail = str(runner.get("registration") or "").partition(", ")
+        created = how == "created"
         tags = show(runner.get("tags")) if created else "(kept in GitLab)"
         gitlab = "created by the stack" if created else "brings its own token"
+        if detail:
+            gitlab += f" ({detail})"
         where = "; ".join(runner["where"]) or "(nowhere yet)"
         lines.append(f"| {name} | {where} | {show(runner.get('executor'))} | {tags} | {gitlab} |")
     summary = plan.get("changeSummary") or {}
     if summary:
         lines.append("changes: " + ", ".join(f"{count} to {op}" for op, count in sorted(summary.items())))
     return "\n".join(lines)
+
+
+def table_and_replacements(plan: dict[str, Any]) -> str:
+    return "\n".join([table(plan), *replacements(plan)])
+
+
+def _in_docker_runner(urn: str) -> bool:
+    return "gitlab-runners:index:DockerRunner$" in urn
+
+
+def replacements(plan: dict[str, Any]) -> list[str]:
+    """A line for each runner container (and config volume) the plan replaces, with why."""
+    lines = []
+    for step in plan.get("steps") or []:
+        urn = str(step.get("urn", ""))
+        if step.get("op") != "replace" or not _in_docker_runner(urn):
+            continue
+        kind, name = urn.rsplit("::", 2)[-2:]
+        kind = kind.rsplit("$", 1)[-1]
+        if kind == CONTAINER and not name.endswith("-sync"):
+            causes = ", ".join(settings_replacing(list(step.get("replaceReasons") or [])))
+            lines.append(
+                f"replaces runner container {name}: it stops taking jobs and drains its running ones (up to "
+                f"docker.stopTimeout) before the new one starts; a change of {causes} does this"
+            )
+        elif kind == VOLUME:
+            lines.append(
+                f"replaces config volume {name}: the runners start again from the stack's tokens, and lose "
+                "the ones they rotated themselves"
+            )
+    return lines
 
 
 def steps(plan: dict[str, Any]) -> str:
@@ -71,6 +115,7 @@ def steps(plan: dict[str, Any]) -> str:
             continue
         kind, name = step.get("urn", "::").rsplit("::", 2)[-2:]
         lines.append(f"{symbols.get(op, op):>2} {kind.rsplit('$', 1)[-1]} {name}")
+    lines += [f"note: {line}" for line in replacements(plan)]
     warnings = [d.get("message", "").strip() for d in plan.get("diagnostics") or [] if d.get("severity") == "warning"]
     return "\n".join([*lines, *(f"warning: {w}" for w in warnings), "", table(plan)])
 
@@ -93,7 +138,7 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError) as error:
         print(f"cannot read the plan {paths[0]}: {error}", file=sys.stderr)
         return 1
-    print(diagnostics(plan) if errors_only else steps(plan) if with_steps else table(plan))
+    print(diagnostics(plan) if errors_only else steps(plan) if with_steps else table_and_replacements(plan))
     return 0
 
 

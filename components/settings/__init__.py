@@ -67,6 +67,7 @@ def parse_settings(
     values: Mapping[str, Any],
     stack: str,
     existing_token_names: frozenset[str] = frozenset(),
+    host_tokens: Mapping[str, frozenset[str]] | None = None,
     has_gitlab_token: bool = False,
     extra_problems: tuple[Problem, ...] = (),
     dry_run: bool = False,
@@ -76,8 +77,12 @@ def parse_settings(
 ) -> Settings:
     """Validate the project's config values (keys without the `gitlab-runners:` prefix).
 
-    Raises SettingsError listing every root-cause problem found.
+    `existing_token_names` are the runners that bring their own token (runnerTokens); `host_tokens`
+    says, for those that bring one per Docker host, which hosts. Raises SettingsError listing every
+    root-cause problem found.
     """
+    host_tokens = dict(host_tokens or {})
+    existing_token_names = existing_token_names | frozenset(host_tokens)
     data = dict(values)
     problems = list(extra_problems)
     problems += rules.other_target_problems(data)
@@ -99,6 +104,7 @@ def parse_settings(
             raise SettingsError([*problems, *from_validation_error(error, target)]) from None
     context = rules.Context(
         existing_token_names=existing_token_names,
+        host_tokens=host_tokens,
         has_gitlab_token=has_gitlab_token,
         gitlab_token_is_secret=gitlab_token_is_secret,
         docker_tls_names=docker_tls_names,
@@ -123,6 +129,7 @@ def parse_settings(
     runners = resolve_runners(config, stack)
     global_ = resolve_global(config, runners)
     warnings += rules.warnings(config, global_.concurrent)
+    warnings += rules.shared_token_warnings(runners, context)
     return Settings(
         stack=stack,
         target=config.target,
@@ -150,6 +157,7 @@ def load_settings() -> tuple[Settings, Secrets]:
         values,
         stack=pulumi.get_stack(),
         existing_token_names=frozenset(secrets.runner_tokens),
+        host_tokens={name: frozenset(hosts) for name, hosts in secrets.runner_host_tokens.items()},
         has_gitlab_token=secrets.gitlab_token is not None,
         gitlab_token_is_secret=secrets.gitlab_token_is_secret,
         docker_tls_names=frozenset(secrets.docker_tls),

@@ -19,9 +19,16 @@ PROJECT = "gitlab-runners"
 RUNNER_VERSION = "18.9.0"
 CHART_VERSION = "0.86.0"
 CHART_REPOSITORY = "https://charts.gitlab.io"
+CHART_NAME = "gitlab-runner"
 DEFAULT_JOB_IMAGE = "alpine:3.20.3"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 METRICS_PORT = 9252
+SESSION_PORT = 8093  # the runner's documented session server port
+# The housekeeping container's image: the official Docker CLI image (alpine, with sh), pinned.
+HOUSEKEEPING_IMAGE = "docker:29.7.2-cli"
+# Docker: the runner containers whose jobs have a web terminal, and the offset of each one's session
+# port from sessionServer.port (the autoscaler container's executors have no terminal).
+SESSION_OFFSETS = {"docker": 0, "shell": 1}
 
 # Patterns, anchored: pydantic and JSON Schema validators both search, neither anchors for us.
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$"
@@ -42,12 +49,30 @@ VOLUME_PATTERN = r"^(/[^:\s]*|[^:\s]+:/[^:\s]*(:(ro|rw))?)$"
 LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+CHART_REPOSITORY_PATTERN = r"^(https?|oci)://[^\s/?#@]+(/[^\s?#]*)?$"
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
-# A fleeting plugin at an exact release: [registry/][repository/]name:1.2.3.
+AGE_PATTERN = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+# A fleeting plugin at an exact release: [registry/][repository/]name:1.2.3. `gitlab-runner fleeting
+# install` fills in registry.gitlab.com and the repository gitlab-org/fleeting/plugins, where GitLab's
+# own plugins are (aws, googlecloud, azure): aws:1.0.0 is registry.gitlab.com/gitlab-org/fleeting/plugins/aws.
+EXAMPLE_PLUGIN = "aws:1.0.0"
 PLUGIN_PATTERN = r"^([a-z0-9.-]+(:[0-9]+)?/)?([a-z0-9._-]+/)*[a-z0-9._-]+:[0-9]+\.[0-9]+\.[0-9]+$"
 CRON_PATTERN = r"^\S+( \S+){4,5}$"
 PLATFORM_PATTERN = r"^linux/(amd64|arm64|arm/v[67]|ppc64le|s390x|riscv64)$"
 IP_PATTERN = r"^([0-9]{1,3}\.){3}[0-9]{1,3}$|^\[?[0-9a-fA-F:]+\]?$"
+# An image repository without a tag ([registry[:port]/]path), or a full reference with a tag or digest.
+HELPER_IMAGE_PATTERN = (
+    r"^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._/-][a-z0-9]+)*"
+    r"(:[A-Za-z0-9_${}][A-Za-z0-9_.${}-]{0,127}|@sha256:[0-9a-f]{64})?$"
+)
+# A host name or IP address a client connects to (no scheme, no port); IPv6 in brackets.
+ADDRESS_PATTERN = (
+    r"^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+    r"|^\[[0-9a-fA-F:.]+\]$"
+)
+CIDR_PATTERN = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$|^[0-9a-fA-F:]+/[0-9]{1,3}$"
+# A Kubernetes object name (DNS subdomain), as a PriorityClass's.
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 
 # What a pattern means, in the words the error messages use.
 PATTERN_HINTS = {
@@ -67,11 +92,19 @@ PATTERN_HINTS = {
     LABEL_KEY_PATTERN: "must be a Kubernetes label key",
     LABEL_VALUE_PATTERN: "must be a Kubernetes label value",
     URL_PATTERN: "must be an http(s) URL without credentials, query or fragment",
+    CHART_REPOSITORY_PATTERN: (
+        "must be an http(s) chart repository or an oci:// registry path, without credentials, query or fragment"
+    ),
     PLATFORM_PATTERN: "must be a platform such as linux/amd64 or linux/arm64",
     DURATION_PATTERN: "must be a duration such as 20m or 1h30m",
-    PLUGIN_PATTERN: "must be a fleeting plugin pinned to an exact release, such as gitlab/fleeting-plugin-aws:1.0.0",
+    AGE_PATTERN: "must be a duration such as 7d, 24h or 1h30m",
+    PLUGIN_PATTERN: f"must be a fleeting plugin pinned to an exact release, such as {EXAMPLE_PLUGIN}",
     CRON_PATTERN: "must be a cron expression such as * 8-18 * * mon-fri",
     IP_PATTERN: "must be an IP address such as 127.0.0.1 or 0.0.0.0",
+    HELPER_IMAGE_PATTERN: ("must be an image repository (the stack adds the tag) or a reference with a tag or digest"),
+    DNS_SUBDOMAIN_PATTERN: "must be a Kubernetes object name (lower-case letters, digits, dashes and dots)",
+    ADDRESS_PATTERN: "must be a host name or an IP address, without scheme or port (IPv6 in brackets)",
+    CIDR_PATTERN: "must be an address range such as 203.0.113.0/24",
 }
 
 # Bounds: what config.toml, GitLab and Kubernetes accept, and far below a 64-bit overflow.
@@ -93,6 +126,20 @@ LabelValue = Annotated[str, Chars(pattern=LABEL_VALUE_PATTERN)]
 Text = Annotated[str, Chars(max_length=1024)]
 Port = Annotated[int, Bounds(ge=1, le=65535)]
 Duration = Annotated[str, Chars(pattern=DURATION_PATTERN, min_length=2)]
+Age = Annotated[str, Chars(pattern=AGE_PATTERN, min_length=2, max_length=32)]
+
+
+def seconds(duration: str) -> int:
+    """A duration such as 7d, 1h30m or 45s in seconds (the model's patterns only)."""
+    units = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+    total, number = 0, ""
+    for char in duration:
+        if char.isdigit():
+            number += char
+        else:
+            total, number = total + int(number) * units[char], ""
+    return total
+
 
 Target = Literal["docker", "kubernetes"]
 Flavor = Literal["alpine", "ubuntu"]
@@ -100,6 +147,10 @@ Scope = Literal["instance", "group", "project"]
 AccessLevel = Literal["not_protected", "ref_protected"]
 PullPolicy = Literal["always", "if-not-present", "never"]
 LogLevel = Literal["debug", "info", "warn", "error", "fatal", "panic"]
+# The helper image flavours runner 18.9.0 publishes (docs/configuration/advanced-configuration.md).
+HelperFlavor = Literal["alpine", "alpine3.21", "alpine-latest", "ubuntu", "ubi-fips"]
+TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""]
+TolerationKey = Annotated[str, Chars(pattern=r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")]
 EXECUTORS: dict[str, tuple[str, ...]] = {
     "docker": ("docker", "shell", "docker-autoscaler", "instance"),
     "kubernetes": ("kubernetes",),
@@ -162,7 +213,11 @@ class Autoscaler(Section):
     """`[runners.autoscaler]` for the docker-autoscaler and instance executors."""
 
     plugin: Annotated[str, Chars(pattern=PLUGIN_PATTERN)] = key(
-        ..., "gitlab/fleeting-plugin-aws:1.0.0", "the fleeting plugin, at an exact release (installed into the image)"
+        ...,
+        EXAMPLE_PLUGIN,
+        "the fleeting plugin at an exact release, installed into the image by `gitlab-runner fleeting install`: "
+        "GitLab's `aws`, `googlecloud` or `azure` (from registry.gitlab.com/gitlab-org/fleeting/plugins), "
+        "or `[registry/]repository/name`",
     )
     capacity_per_instance: int = key(1, 2, "jobs an instance runs at once", ge=1, le=1000)
     max_use_count: int = key(0, 10, "jobs an instance runs before it is replaced; 0: no limit", ge=0, le=1_000_000)
@@ -184,15 +239,24 @@ class JobPods(Section):
     )
     namespace_per_job: bool = key(False, False, "a namespace of its own per job (needs cluster-wide RBAC)")
     node_selector: dict[LabelKey, LabelValue] = key({}, {"kubernetes.io/arch": "amd64"}, "nodes the job pods run on")
-    tolerations: dict[
-        Annotated[str, Chars(pattern=r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")],
-        Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""],
-    ] = key({}, {"ci=true": "NoSchedule"}, "taints the job pods tolerate, `key[=value]: effect`")
+    tolerations: dict[TolerationKey, TaintEffect] = key(
+        {}, {"ci=true": "NoSchedule"}, "taints the job pods tolerate, `key[=value]: effect`"
+    )
     service_account: Name | None = key(None, "ci-jobs", "the job pods' service account")
     max_cpu_limit: Quantity | None = key(None, "4", "the most CPU a job may ask for (KUBERNETES_CPU_LIMIT)")
     max_memory_limit: Quantity | None = key(None, "8Gi", "the most memory a job may ask for (KUBERNETES_MEMORY_LIMIT)")
     max_cpu_request: Quantity | None = key(None, "2", "the largest CPU request a job may set")
     max_memory_request: Quantity | None = key(None, "4Gi", "the largest memory request a job may set")
+    helper_image: Annotated[str, Chars(pattern=HELPER_IMAGE_PATTERN, max_length=512)] | None = key(
+        None,
+        "registry.example.com/gitlab-org/gitlab-runner/gitlab-runner-helper",
+        "a mirror of the helper image: a repository, to which the stack adds the tag the runner would pull "
+        "(`[flavor-]<arch>-v${CI_RUNNER_VERSION}`, the job pods' architecture), or a full reference used as it is; "
+        "default the runner's own choice from registry.gitlab.com",
+    )
+    helper_image_flavor: HelperFlavor | None = key(
+        None, "ubuntu", "the helper image's flavour (config.toml helper_image_flavor); default `alpine`"
+    )
 
 
 class JobResources(Section):
@@ -251,12 +315,21 @@ class Runner(Section):
     )
     autoscaler: Autoscaler | None = key(
         None,
-        {"plugin": "gitlab/fleeting-plugin-aws:1.0.0", "maxInstances": 10},
+        {"plugin": EXAMPLE_PLUGIN, "maxInstances": 10},
         "docker-autoscaler and instance executors",
     )
     job_pods: JobPods | None = key(None, {"nodeSelector": {"kubernetes.io/arch": "amd64"}}, "kubernetes executor only")
     hosts: list[Name] | None = key(
-        None, ["build-1"], "Docker target: the hosts this runner runs on; default all", min_length=1
+        None,
+        ["build-1"],
+        "Docker target: the hosts this runner runs on, one GitLab runner on each; default all",
+        min_length=1,
+    )
+    extra_config: dict[str, Any] = key(
+        {},
+        {"docker": {"shm_size": 268435456}},
+        "any other key of this runner's `[[runners]]` entry in config.toml, nested tables (docker, kubernetes, ...) "
+        "included, merged into it; each key and value type is checked against gitlab-runner's own key tree",
     )
 
 
@@ -277,6 +350,28 @@ class Metrics(Section):
         "127.0.0.1",
         "0.0.0.0",  # noqa: S104 - an example value
         "Docker only: the host address the metrics port is published on (listened on, in host mode)",
+    )
+
+
+class SessionServer(Section):
+    """The interactive web terminal of running jobs: config.toml's [session_server]."""
+
+    enabled: bool = key(
+        False, True, "serve the web terminal (docker, shell and kubernetes executors); GitLab must reach it"
+    )
+    port: Port = key(
+        SESSION_PORT,
+        SESSION_PORT,
+        "Docker: the docker-executor container's session port on its host, +1 for shell; "
+        "Kubernetes: the pod's (chart internalPort)",
+    )
+    session_timeout: int = key(
+        1800, 600, "seconds a terminal stays open after its job ends (the job waits for it)", ge=1, le=ONE_DAY
+    )
+    host_address: Annotated[str, Chars(pattern=IP_PATTERN)] = key(
+        "0.0.0.0",  # noqa: S104 - GitLab must reach it
+        "10.0.0.5",
+        "Docker only: the host address the session port is published on (listened on, in host mode)",
     )
 
 
@@ -337,6 +432,26 @@ class DockerHost(Section):
     ssh_opts: list[Annotated[str, Chars(min_length=1, max_length=1024)]] = key(
         [], ["-o", "StrictHostKeyChecking=yes"], "ssh:// only: extra ssh options", max_length=32
     )
+    session_address: Annotated[str, Chars(pattern=ADDRESS_PATTERN, max_length=253)] | None = key(
+        None,
+        "build-1.example.com",
+        "with sessionServer.enabled: the host name or IP GitLab reaches this host's web terminal on "
+        "(each host its own; the port is sessionServer.port)",
+    )
+
+
+class Housekeeping(Section):
+    """A scheduled clean-up on each Docker host of what the runner's jobs left behind, and nothing else."""
+
+    enabled: bool = key(False, True, "run the housekeeping container on each host")
+    every: Age = key("1h", "6h", "how often it looks (the first time when it starts)")
+    max_age: Age = key(
+        "24h",
+        "7d",
+        "what jobs left is removed once this old: a stopped job container since it stopped, a cache volume "
+        "no container uses since it was created, an unused job network since it was created",
+    )
+    image: PinnedImage = key(HOUSEKEEPING_IMAGE, HOUSEKEEPING_IMAGE, "an image with sh and the docker CLI, pinned")
 
 
 class DockerTarget(Section):
@@ -365,6 +480,11 @@ class DockerTarget(Section):
     stop_timeout: int = key(
         3600, 3600, "seconds a stopping runner gets to finish running jobs (SIGQUIT)", ge=0, le=ONE_DAY
     )
+    housekeeping: Housekeeping = key(
+        Housekeeping(),
+        {"enabled": True, "every": "6h", "maxAge": "7d"},
+        "remove old job containers, cache volumes and job networks the runner's jobs left (off by default)",
+    )
 
     @property
     def build(self) -> ImageBuild | None:
@@ -375,8 +495,11 @@ class DockerTarget(Section):
 class Chart(Section):
     """Where the official gitlab-runner chart comes from."""
 
-    repository: Annotated[str, Chars(pattern=r"^(https?|oci)://\S+$")] | None = key(
-        None, CHART_REPOSITORY, f"chart repository; default `{CHART_REPOSITORY}`"
+    repository: Annotated[str, Chars(pattern=CHART_REPOSITORY_PATTERN)] | None = key(
+        None,
+        CHART_REPOSITORY,
+        f"chart repository (an index.yaml), or an oci:// registry path the chart `{CHART_NAME}` is under; "
+        f"default `{CHART_REPOSITORY}`",
     )
     version: Version | None = key(None, CHART_VERSION, f"exact chart version; default `{CHART_VERSION}`")
     path: Annotated[str, Chars(min_length=1, max_length=4096)] | None = key(
@@ -384,9 +507,23 @@ class Chart(Section):
     )
 
     @property
+    def is_oci(self) -> bool:
+        return self.repository is not None and self.repository.startswith("oci://")
+
+    @property
     def reference(self) -> str:
-        """What helm installs: the path on disk, else the chart's name in the repository."""
-        return self.path or "gitlab-runner"
+        """What helm installs: the path on disk, the chart's full oci:// reference (Helm pulls an OCI
+        chart by that reference, never through a repository index), else its name in the repository."""
+        if self.path is not None:
+            return self.path
+        if self.repository is not None and self.is_oci:
+            return f"{self.repository.rstrip('/')}/{CHART_NAME}"
+        return CHART_NAME
+
+    @property
+    def index_repository(self) -> str | None:
+        """The chart repository whose index.yaml helm reads, None for an OCI registry or a path."""
+        return None if self.is_oci else self.repository
 
 
 class Resources(Section):
@@ -407,13 +544,91 @@ class Rbac(Section):
 
 class ServiceAccount(Section):
     create: bool = key(True, True, "create the runner manager's service account")
-    name: Name | None = key(None, "gitlab-runner", "its name; default the chart's")
+    name: Name | None = key(
+        None, "gitlab-runner", "its name; default the chart's; with create false and rbac.create, an existing account"
+    )
 
 
 class ServiceMonitor(Section):
     enabled: bool = key(False, True, "create it (the cluster needs the monitoring.coreos.com CRDs)")
     interval: Annotated[str, Chars(pattern=r"^[0-9]+(s|m)$")] = key("30s", "15s", "scrape interval")
     labels: dict[LabelKey, LabelValue] = key({}, {"release": "prometheus"}, "labels the Prometheus selects on")
+
+
+class SessionService(Section):
+    """The Service GitLab reaches the web terminal of the manager pod through (the chart's sessionServer)."""
+
+    type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = key(
+        "LoadBalancer",
+        "NodePort",
+        "LoadBalancer (its address found once the cloud gives one), NodePort (the node's IP), "
+        "ClusterIP (a GitLab in the same cluster)",
+    )
+    port: Port = key(9000, 9000, "the Service's port (chart externalPort)")
+    node_port: Annotated[int, Bounds(ge=30000, le=32767)] | None = key(
+        None, 30093, "type NodePort: a fixed node port; default one Kubernetes assigns"
+    )
+    public_address: Annotated[str, Chars(pattern=ADDRESS_PATTERN, max_length=253)] | None = key(
+        None,
+        "terminal.ci.example.com",
+        "LoadBalancer or NodePort: the address GitLab uses instead of the one found (chart publicIP)",
+    )
+    source_ranges: list[Annotated[str, Chars(pattern=CIDR_PATTERN)]] = key(
+        [], ["203.0.113.0/24"], "type LoadBalancer: the only clients let in (chart loadBalancerSourceRanges)"
+    )
+
+
+class TopologySpread(Section):
+    """One topology spread constraint of the runner manager pods."""
+
+    max_skew: int = key(1, 1, "the most the pod counts of two domains may differ by", ge=1, le=1000)
+    topology_key: LabelKey = key(
+        ..., "topology.kubernetes.io/zone", "the node label whose values are the domains to spread over"
+    )
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"] = key(
+        "DoNotSchedule", "ScheduleAnyway", "what the scheduler does when it cannot keep the skew"
+    )
+    match_labels: dict[LabelKey, LabelValue] | None = key(
+        None, {"app.kubernetes.io/part-of": "gitlab-runners"}, "the pods counted; default this runner's manager pods"
+    )
+
+
+class ManagerPods(Section):
+    """Where the runner manager pods run, apart from the job pods (`runners[*].jobPods`)."""
+
+    node_selector: dict[LabelKey, LabelValue] = key(
+        {}, {"node-role.kubernetes.io/ci-control": "true"}, "nodes the manager pods run on (chart nodeSelector)"
+    )
+    tolerations: dict[TolerationKey, TaintEffect] = key(
+        {}, {"dedicated=ci": "NoSchedule"}, "taints the manager pods tolerate, `key[=value]: effect`"
+    )
+    affinity: dict[Literal["nodeAffinity", "podAffinity", "podAntiAffinity"], dict[str, Any]] = key(
+        {},
+        {
+            "nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 50,
+                        "preference": {
+                            "matchExpressions": [
+                                {"key": "node.kubernetes.io/lifecycle", "operator": "NotIn", "values": ["spot"]}
+                            ]
+                        },
+                    }
+                ]
+            }
+        },
+        "a pod spec's affinity, as Kubernetes writes it (chart affinity)",
+    )
+    priority_class_name: Annotated[str, Chars(pattern=DNS_SUBDOMAIN_PATTERN)] | None = key(
+        None, "ci-critical", "the manager pods' PriorityClass, which must exist (chart priorityClassName)"
+    )
+    topology_spread_constraints: list[TopologySpread] = key(
+        [],
+        [{"topologyKey": "topology.kubernetes.io/zone"}],
+        "spread each runner's manager pods over zones or nodes (chart topologySpreadConstraints)",
+        max_length=8,
+    )
 
 
 class KubernetesTarget(Section):
@@ -428,6 +643,11 @@ class KubernetesTarget(Section):
     chart: Chart = key(Chart(), {"version": CHART_VERSION}, "the chart's source")
     replicas: int = key(1, 1, "runner manager pods per runner", ge=0, le=50)
     resources: Resources = key(Resources(), {"requests": {"cpu": "100m"}}, "the runner manager pod's resources")
+    manager_pods: ManagerPods = key(
+        ManagerPods(),
+        {"nodeSelector": {"kubernetes.io/arch": "amd64"}},
+        "where the runner manager pods run (the job pods: runners[*].jobPods)",
+    )
     rbac: Rbac = key(Rbac(), {"create": True}, "the chart's RBAC")
     service_account: ServiceAccount = key(ServiceAccount(), {"create": True}, "the chart's service account")
     kubeconfig: Annotated[str, Chars(min_length=1, max_length=4096)] | None = key(
@@ -441,6 +661,11 @@ class KubernetesTarget(Section):
         ServiceMonitor(),
         {"enabled": True},
         "a Prometheus Operator ServiceMonitor for the metrics (needs metrics.enabled)",
+    )
+    session_service: SessionService | None = key(
+        None,
+        {"type": "NodePort", "nodePort": 30093},
+        "the Service of the web terminal (with sessionServer.enabled); default a LoadBalancer on port 9000",
     )
 
 
@@ -502,8 +727,15 @@ class GitlabCa(Section):
 class Readiness(Section):
     """`pulumi up` succeeds only when the runners are up."""
 
-    enabled: bool = key(True, False, "wait for healthy runner containers / ready runner pods")
-    timeout_seconds: int = key(300, 600, "how long to wait before failing", ge=10, le=ONE_DAY)
+    enabled: bool = key(
+        True,
+        False,
+        "wait for healthy runner containers / ready runner pods (Kubernetes: Helm's wait, a failed release "
+        "rolled back, uninstall waits); false: nothing waits, a failed release is left for you to inspect",
+    )
+    timeout_seconds: int = key(
+        300, 600, "how long to wait before failing (Kubernetes: Helm's timeout, for uninstall too)", ge=10, le=ONE_DAY
+    )
 
 
 class StackConfig(Section):
@@ -528,10 +760,18 @@ class StackConfig(Section):
     log_level: LogLevel = key("info", "debug", "the runner's log level")
     metrics: Metrics = key(Metrics(), {"enabled": True}, "Prometheus metrics")
     readiness: Readiness = key(Readiness(), {"timeoutSeconds": 600}, "the readiness gate of `pulumi up`")
+    session_server: SessionServer = key(
+        SessionServer(), {"enabled": True}, "the interactive web terminal of running jobs (off by default)"
+    )
     cache: Cache | None = key(
         None, {"type": "s3", "s3": {"bucketName": "runner-cache"}}, "the distributed cache (S3, GCS or Azure)"
     )
     gitlab_ca: GitlabCa | None = key(None, {"file": "./certs/gitlab-ca.pem"}, "a private CA for a self-hosted GitLab")
+    extra_global_config: dict[str, Any] = key(
+        {},
+        {"log_format": "json"},
+        "any other key of config.toml's global part, merged into it; checked like a runner's extraConfig",
+    )
     runners: list[Runner] | None = key(
         None,
         [{"name": "docker-1", "executor": "docker"}],
@@ -545,7 +785,10 @@ class StackConfig(Section):
 
 # Keys of the project's namespace read as secrets, not through the model (secrets.py).
 SECRET_KEYS = {
-    "runnerTokens": "runner name -> glrt- token of a runner created outside the stack",
+    "runnerTokens": (
+        "runner name -> glrt- token of a runner created outside the stack, or -> {Docker host -> glrt- token}: "
+        "one runner per host"
+    ),
     "cacheCredentials": (
         "{accessKey, secretKey} (s3), {accessId, privateKey} (gcs) or {accountName, accountKey} (azure)"
     ),

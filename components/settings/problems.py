@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 # Anything shaped like a credential: GitLab tokens, private keys, long opaque strings.
 _SECRET_SHAPES = re.compile(r"(glrt-|glpat-|glptt-|gldt-|glsoat-|GR1348941|-----BEGIN|PRIVATE KEY)", re.I)
+# The user:password part of a URL.
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s@]+@")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class SettingsError(pulumi.RunError):
         super().__init__(f"invalid stack configuration ({len(self.problems)} problem(s)):\n{lines}")
 
 
+def looks_like_credential(text: str) -> bool:
+    """A GitLab token, a private key or the like, wherever it was typed."""
+    return bool(_SECRET_SHAPES.search(text))
+
+
 def show(value: Any) -> str:
     """A value as the user wrote it, short, and never a secret."""
     if isinstance(value, bool):
@@ -60,8 +67,9 @@ def show(value: Any) -> str:
             text = json.dumps(value, ensure_ascii=False, default=str, separators=(", ", ": "))
         except (TypeError, ValueError, RecursionError):
             text = type(value).__name__
-    if _SECRET_SHAPES.search(text):
+    if looks_like_credential(text):
         return "(a value shaped like a credential, not shown)"
+    text = _URL_CREDENTIALS.sub("(credentials, not shown)@", text)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

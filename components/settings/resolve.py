@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from components.settings.model import (
     CHART_REPOSITORY,
@@ -20,9 +21,11 @@ from components.settings.model import (
     KubernetesTarget,
     Readiness,
     Runner,
+    SessionServer,
     StackConfig,
     Target,
 )
+from components.settings.placement import resolve_job_pods
 from components.settings.problems import Problem
 
 
@@ -40,6 +43,10 @@ class GlobalSettings:
     metrics_enabled: bool
     metrics_port: int
     metrics_host_address: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    """extraGlobalConfig: more global keys of config.toml, checked against the runner's key tree."""
+    session_server: SessionServer = field(default_factory=SessionServer)
+    """The web terminal: config.toml's [session_server] (its addresses are each target's to work out)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,10 @@ def resolve_runners(config: StackConfig, stack: str) -> tuple[Runner, ...]:
                     if executor in ("docker", "docker-autoscaler")
                     else [],
                     "hosts": (runner.hosts or all_hosts) if config.target == "docker" else [],
+                    # The job pods pinned to the architecture of the helper the runner pulls for them.
+                    "job_pods": resolve_job_pods(runner, config.kubernetes)
+                    if executor == "kubernetes"
+                    else runner.job_pods,
                 }
             )
         )
@@ -127,6 +138,8 @@ def resolve_global(config: StackConfig, runners: tuple[Runner, ...]) -> GlobalSe
         metrics_enabled=config.metrics.enabled,
         metrics_port=config.metrics.port,
         metrics_host_address=config.metrics.host_address,
+        extra=dict(config.extra_global_config),
+        session_server=config.session_server,
     )
 
 

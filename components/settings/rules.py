@@ -6,11 +6,31 @@ are skipped, so only root causes are reported.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from components.settings.model import AUTOSCALING_EXECUTORS, EXECUTORS, PROJECT, StackConfig
+from components.settings import extra, placement
+from components.settings.model import (
+    AUTOSCALING_EXECUTORS,
+    EXAMPLE_PLUGIN,
+    EXECUTORS,
+    METRICS_PORT,
+    PROJECT,
+    SESSION_OFFSETS,
+    SESSION_PORT,
+    DockerTarget,
+    KubernetesTarget,
+    Runner,
+    StackConfig,
+    seconds,
+)
 from components.settings.problems import Problem
+
+# The executors whose jobs have a web terminal (features.Session at v18.9.0): not the autoscaling ones.
+TERMINAL_EXECUTORS = ("docker", "shell", "kubernetes")
+# Docker: each runner container's metrics port offset (docker, shell, autoscaler).
+METRICS_OFFSETS = (0, 1, 2)
 
 # Runner attributes that only the GitLab API sets: a runner that brings its own token never reaches it.
 GITLAB_SIDE = (
@@ -40,6 +60,8 @@ class Context:
     """What the rules need besides the config."""
 
     existing_token_names: frozenset[str] = frozenset()
+    host_tokens: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    """Runner name -> the Docker hosts it brings a token of its own for (runnerTokens.<name>.<host>)."""
     has_gitlab_token: bool = False
     gitlab_token_is_secret: bool = True
     docker_tls_names: frozenset[str] = frozenset()
@@ -101,7 +123,7 @@ def runner_problems(config: StackConfig) -> Iterator[Problem]:
             yield Problem(
                 _key(f"{at}.autoscaler"),
                 f"is required by the {executor} executor",
-                "autoscaler: {plugin: gitlab/fleeting-plugin-aws:1.0.0, maxInstances: 10, "
+                f"autoscaler: {{plugin: {EXAMPLE_PLUGIN}, maxInstances: 10, "
                 "connectorConfig: {username: ec2-user}, policies: [{idleCount: 1}]}",
             )
         elif executor not in AUTOSCALING_EXECUTORS and runner.autoscaler is not None:
@@ -186,6 +208,16 @@ def target_problems(config: StackConfig) -> Iterator[Problem]:
             )
         if kubernetes.chart.path is not None and kubernetes.chart.repository is not None:
             yield Problem(_key("kubernetes.chart.path"), "and chart.repository are exclusive", "set only one of them")
+        account = kubernetes.service_account
+        if kubernetes.rbac.create and not account.create and account.name is None:
+            # The chart then binds its Role to, and runs the pods as, an account named after the
+            # release, which it does not create: the pods would never start.
+            yield Problem(
+                _key("kubernetes.serviceAccount.name"),
+                "is required with serviceAccount.create: false and rbac.create: true (the chart binds its Role "
+                "to a service account of that name and creates none)",
+                "serviceAccount: {create: false, name: gitlab-runner}  (an account that exists in the namespace)",
+            )
     if config.target == "kubernetes" and "host_address" in config.metrics.model_fields_set:
         yield Problem(
             _key("metrics.hostAddress"),
@@ -199,6 +231,12 @@ def docker_host_problems(config: StackConfig, context: Context) -> Iterator[Prob
         for index, runner in enumerate(config.runners or ()):
             if runner.hosts is not None:
                 yield Problem(_key(f"runners[{index}].hosts"), "only applies to the docker target", "remove it")
+        for name in sorted(context.host_tokens):
+            yield Problem(
+                _key(f"runnerTokens.{name}"),
+                "holds a token per Docker host, but the target is not docker: give the runner one token",
+                f"pulumi config set --secret --path '{_key('runnerTokens')}.{name}'  (then paste the glrt- token)",
+            )
         return
     hosts = (config.docker.hosts if config.docker is not None else None) or []
     names = [h.name for h in hosts] or ["local"]
@@ -212,8 +250,10 @@ def docker_host_problems(config: StackConfig, context: Context) -> Iterator[Prob
                     f"names no host in {_key('docker.hosts')}",
                     f"one of: {', '.join(names)}",
                 )
+        yield from _host_token_problems(runner.name, runner.hosts or names, names, context)
     if config.runners is None:
         served.update(names)
+        yield from _host_token_problems("runner", names, names, context)
     seen: set[str] = set()
     for index, host in enumerate(hosts):
         at = f"docker.hosts[{index}]"
@@ -237,6 +277,27 @@ def docker_host_problems(config: StackConfig, context: Context) -> Iterator[Prob
     for unknown in sorted(context.docker_tls_names - set(names)):
         yield Problem(
             _key(f"dockerTls.{unknown}"), "names no host in gitlab-runners:docker.hosts", f"one of: {', '.join(names)}"
+        )
+
+
+def _host_token_problems(runner: str, hosts: list[str], names: list[str], context: Context) -> Iterator[Problem]:
+    """A runner with a token per host (one GitLab runner each) needs exactly one for each host it runs on."""
+    given = context.host_tokens.get(runner)
+    if given is None:
+        return
+    at = f"runnerTokens.{runner}"
+    for host in hosts:
+        if host in names and host not in given:
+            yield Problem(
+                _key(f"{at}.{host}"),
+                f"is missing: runner {runner} runs on host {host} and brings a token per host",
+                f"pulumi config set --secret --path '{_key(at)}.{host}'  (the token of its GitLab runner for {host})",
+            )
+    for host in sorted(given - set(hosts)):
+        yield Problem(
+            _key(f"{at}.{host}"),
+            f"names no host runner {runner} runs on",
+            f"one of: {', '.join(hosts)}",
         )
 
 
@@ -281,6 +342,163 @@ def feature_problems(config: StackConfig, context: Context) -> Iterator[Problem]
         )
 
 
+def session_problems(config: StackConfig) -> Iterator[Problem]:
+    """The web terminal: off by default; where it is on, GitLab must be able to reach every runner
+    manager that serves one, at an address of its own."""
+    session = config.session_server
+    hosts = config.docker.hosts if config.docker is not None else []
+    kubernetes = config.kubernetes
+    if config.target == "kubernetes" and "host_address" in session.model_fields_set:
+        yield Problem(
+            _key("sessionServer.hostAddress"),
+            "has no effect on Kubernetes: the chart's Service publishes the terminal",
+            "remove it",
+        )
+    if config.target == "docker" and session.enabled is False:
+        for index, host in enumerate(hosts):
+            if host.session_address is not None:
+                yield Problem(
+                    _key(f"docker.hosts[{index}].sessionAddress"),
+                    f"has no effect without {_key('sessionServer.enabled')}: true",
+                    "sessionServer: {enabled: true}",
+                )
+    if kubernetes is not None and kubernetes.session_service is not None and not session.enabled:
+        yield Problem(
+            _key("kubernetes.sessionService"),
+            f"has no effect without {_key('sessionServer.enabled')}: true",
+            "sessionServer: {enabled: true}",
+        )
+    if not session.enabled:
+        return
+    executors = [r.executor or EXECUTORS[config.target][0] for r in config.runners or ()] or [
+        EXECUTORS[config.target][0]
+    ]
+    if not any(e in TERMINAL_EXECUTORS for e in executors):
+        yield Problem(
+            _key("sessionServer.enabled"),
+            "is true but no runner's jobs have a web terminal (docker-autoscaler and instance jobs have none)",
+            "enabled: false",
+        )
+        return
+    if config.target == "docker":
+        yield from _docker_session_problems(config)
+    elif config.target == "kubernetes":
+        yield from _kubernetes_session_problems(config, kubernetes or KubernetesTarget())
+
+
+def _docker_session_problems(config: StackConfig) -> Iterator[Problem]:
+    session = config.session_server
+    hosts = (config.docker or DockerTarget()).hosts
+    names = [h.name for h in hosts]
+    kinds_on: dict[str, set[str]] = {name: set() for name in names}
+    # The default runner (no runners set) is a docker-executor one on every host.
+    placed = [(r.executor or "docker", r.hosts or names) for r in config.runners or ()] or [("docker", names)]
+    for executor, on in placed:
+        for name in on:
+            if executor in SESSION_OFFSETS and name in kinds_on:
+                kinds_on[name].add(executor)
+    owners: dict[str, str] = {}
+    for index, host in enumerate(hosts):
+        at = f"docker.hosts[{index}]"
+        kinds = kinds_on.get(host.name, set())
+        if not kinds:
+            if host.session_address is not None:
+                yield Problem(
+                    _key(f"{at}.sessionAddress"),
+                    f"has no effect: no docker or shell runner runs on host {host.name}",
+                    "remove it",
+                )
+            continue
+        if host.session_address is None:
+            yield Problem(
+                _key(f"{at}.sessionAddress"),
+                f"is required with {_key('sessionServer.enabled')}: the host name or IP GitLab reaches the web "
+                f"terminal of host {host.name} on (its runners advertise it; a container cannot know it)",
+                f"sessionAddress: {host.name}.example.com",
+            )
+        elif host.session_address in owners:
+            yield Problem(
+                _key(f"{at}.sessionAddress"),
+                f'"{host.session_address}" is host {owners[host.session_address]}\'s too: GitLab would open '
+                f"the terminals of both hosts' jobs on one of them",
+                f"sessionAddress: {host.name}.example.com",
+            )
+        else:
+            owners[host.session_address] = host.name
+        ports = {session.port + SESSION_OFFSETS[kind]: kind for kind in kinds}
+        if max(ports) > 65535:
+            yield Problem(
+                _key("sessionServer.port"),
+                f"is {session.port}, and the shell runners' container takes the next port, {session.port + 1}, "
+                "which does not exist",
+                f"port: {SESSION_PORT}",
+            )
+        metrics_base = host.metrics_port or config.metrics.port
+        metrics = {metrics_base + offset for offset in METRICS_OFFSETS}
+        clash = sorted(set(ports) & metrics)
+        if clash:
+            yield Problem(
+                _key("sessionServer.port"),
+                f"is {session.port}: the session port {clash[0]} of host {host.name} is one of its metrics ports "
+                f"({min(metrics)}-{max(metrics)})",
+                f"port: {SESSION_PORT}",
+            )
+
+
+def _kubernetes_session_problems(config: StackConfig, kubernetes: KubernetesTarget) -> Iterator[Problem]:
+    session = config.session_server
+    if kubernetes.replicas > 1:
+        yield Problem(
+            _key("kubernetes.replicas"),
+            f"is {kubernetes.replicas}, but the chart serves the web terminal from one manager pod only: with more "
+            "it leaves [session_server] out and creates no Service (sessionServer.enabled needs replicas: 1)",
+            "replicas: 1",
+        )
+    if session.port == config.metrics.port:
+        yield Problem(
+            _key("sessionServer.port"),
+            f"is the metrics port ({config.metrics.port}) of the manager pod",
+            f"port: {SESSION_PORT if config.metrics.port != SESSION_PORT else METRICS_PORT + 1}",
+        )
+    service = kubernetes.session_service
+    if service is None:
+        return
+    if service.node_port is not None and service.type != "NodePort":
+        yield Problem(
+            _key("kubernetes.sessionService.nodePort"),
+            f'only applies to type NodePort, not "{service.type}"',
+            "sessionService: {type: NodePort, nodePort: 30093}",
+        )
+    if service.source_ranges and service.type != "LoadBalancer":
+        yield Problem(
+            _key("kubernetes.sessionService.sourceRanges"),
+            f'only applies to type LoadBalancer, not "{service.type}"',
+            "remove it",
+        )
+    if service.public_address is not None and service.type == "ClusterIP":
+        yield Problem(
+            _key("kubernetes.sessionService.publicAddress"),
+            "would be advertised, but a ClusterIP Service is reached at its cluster DNS name only "
+            "(GitLab in the same cluster); nothing serves the terminal at another address",
+            "sessionService: {type: LoadBalancer, publicAddress: terminal.ci.example.com}",
+        )
+
+
+def housekeeping_problems(config: StackConfig) -> Iterator[Problem]:
+    housekeeping = (config.docker or DockerTarget()).housekeeping
+    every, max_age = seconds(housekeeping.every), seconds(housekeeping.max_age)
+    if not 1 <= every <= 30 * 86_400:
+        yield Problem(
+            _key("docker.housekeeping.every"),
+            f"is {housekeeping.every}: a pass runs every 1s to 30d",
+            "every: 6h",
+        )
+    if max_age > 3650 * 86_400:
+        yield Problem(
+            _key("docker.housekeeping.maxAge"), f"is {housekeeping.max_age}, more than ten years", "maxAge: 7d"
+        )
+
+
 def problems(config: StackConfig, context: Context) -> list[Problem]:
     return [
         *target_problems(config),
@@ -288,6 +506,10 @@ def problems(config: StackConfig, context: Context) -> list[Problem]:
         *docker_host_problems(config, context),
         *token_problems(config, context),
         *feature_problems(config, context),
+        *session_problems(config),
+        *housekeeping_problems(config),
+        *extra.problems(config),
+        *placement.problems(config),
     ]
 
 
@@ -301,6 +523,20 @@ def missing_api_token(config: StackConfig, context: Context) -> Problem | None:
         f"is required to create runner(s) {', '.join(to_create)} through the GitLab API but is not set",
         f"pulumi config set --secret gitlab:token  (then paste a glpat- token with the scopes {TOKEN_SCOPES})",
     )
+
+
+def shared_token_warnings(runners: Iterable[Runner], context: Context) -> Iterator[str]:
+    """A runner that brings one token and runs on several Docker hosts: its rotation is off (README)."""
+    for runner in runners:
+        hosts = runner.hosts or []
+        if runner.name in context.existing_token_names and runner.name not in context.host_tokens and len(hosts) > 1:
+            yield (
+                f"{_key(f'runnerTokens.{runner.name}')} is one token for {len(hosts)} Docker hosts "
+                f"({', '.join(hosts)}): automatic token rotation is off for runner {runner.name}, since a reset by "
+                "one host would revoke the token for the others. Where GitLab sets a runner-token lifetime, bring "
+                f"a new token before it expires, or one GitLab runner per host ({_key(f'runnerTokens.{runner.name}')}"
+                ".<host>)"
+            )
 
 
 def warnings(config: StackConfig, concurrent: int) -> list[str]:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from components.replacement import REPLACING_SETTINGS
 from components.settings.model import PROJECT, SECRET_KEYS, StackConfig
 from components.settings.pydantic_model import pydantic_model
 
@@ -45,9 +46,19 @@ def stack_file_schema() -> dict[str, Any]:
     for name, doc in SECRET_KEYS.items():
         config_properties[f"{PROJECT}:{name}"] = {
             "description": f"{doc} (secret)",
+            # One secret, an object of them, or an object of objects of them (runnerTokens per host,
+            # dockerTls per host), as `pulumi config set --secret --path` writes them.
             "anyOf": [
                 {"$ref": "#/$defs/Secure"},
-                {"type": "object", "additionalProperties": {"$ref": "#/$defs/Secure"}},
+                {
+                    "type": "object",
+                    "additionalProperties": {
+                        "anyOf": [
+                            {"$ref": "#/$defs/Secure"},
+                            {"type": "object", "additionalProperties": {"$ref": "#/$defs/Secure"}},
+                        ]
+                    },
+                },
             ],
         }
     config_properties["gitlab:token"] = {
@@ -118,16 +129,22 @@ def _type(spec: dict[str, Any], defs: dict[str, Any]) -> str:
     return str(kind or "any")
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, inline: bool = False) -> str:
+    """A default or an example; objects whose keys are rows of their own are "(below)", maps inline."""
     if value is None:
         return ""
-    if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value)):
+    nested = isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value))
+    if nested and not inline:
         return "(below)"
     text = json.dumps(value) if not isinstance(value, str) else value
     return f"`{text}`"
 
 
-def _rows(spec: dict[str, Any], defs: dict[str, Any], prefix: str) -> list[str]:
+REPLACES = "; **Docker: a change replaces the runner containers** (below)"
+
+
+def _rows(spec: dict[str, Any], defs: dict[str, Any], prefix: str, section: str = "") -> list[str]:
+    """A row per key; `section` is the key's place in the stack config (`docker.`, `runners[*].`)."""
     rows = []
     spec = _resolve(spec, defs)
     for name, field in spec.get("properties", {}).items():
@@ -136,13 +153,17 @@ def _rows(spec: dict[str, Any], defs: dict[str, Any], prefix: str) -> list[str]:
         default = field.get("default")
         example = (field.get("examples") or [None])[0]
         description = field.get("description", "")
-        example_text = "" if _cell(example) == "(below)" else f"; e.g. {_cell(example)}"
-        rows.append(f"| `{path}` | {_type(field, defs)} | {_cell(default)} | {description}{example_text} |")
+        is_map = resolved.get("type") == "object" and "properties" not in resolved
+        example_text = "" if _cell(example, is_map) == "(below)" else f"; e.g. {_cell(example, is_map)}"
+        replaces = REPLACES if f"{section}{path}" in REPLACING_SETTINGS else ""
+        rows.append(
+            f"| `{path}` | {_type(field, defs)} | {_cell(default, is_map)} | {description}{example_text}{replaces} |"
+        )
         if resolved.get("type") == "object" and "properties" in resolved:
-            rows += _rows(resolved, defs, f"{path}.")
+            rows += _rows(resolved, defs, f"{path}.", section)
         items = _resolve(resolved.get("items", {}), defs) if resolved.get("type") == "array" else {}
         if items.get("type") == "object" and "properties" in items:
-            rows += _rows(items, defs, f"{path}[*].")
+            rows += _rows(items, defs, f"{path}[*].", section)
     return rows
 
 
@@ -155,15 +176,21 @@ def render_reference() -> str:
         f"Top level, `{PROJECT}:<key>`:\n\n{header}\n" + "\n".join(_rows({"properties": top}, defs, "")),
         "Each runner, `runners[*].<key>`:\n\n"
         + f"{header}\n"
-        + "\n".join(_rows(_resolve(schema["properties"]["runners"], defs)["items"], defs, "")),
+        + "\n".join(_rows(_resolve(schema["properties"]["runners"], defs)["items"], defs, "", "runners[*].")),
         f"Docker target, `{PROJECT}:docker.<key>`:\n\n{header}\n"
-        + "\n".join(_rows(schema["properties"]["docker"], defs, "")),
+        + "\n".join(_rows(schema["properties"]["docker"], defs, "", "docker.")),
         f"Kubernetes target, `{PROJECT}:kubernetes.<key>`:\n\n{header}\n"
         + "\n".join(_rows(schema["properties"]["kubernetes"], defs, "")),
         "Secrets, each set with `pulumi config set --secret` (the program refuses them in plain text):\n\n"
         + "| key | what it holds |\n|---|---|\n"
         + "| `gitlab:token` | GitLab API token with the create_runner and manage_runner scopes (or api) |\n"
         + "\n".join(f"| `{PROJECT}:{k}` | {v} |" for k, v in SECRET_KEYS.items()),
+        "Settings that replace the Docker runner containers (a runner container replaced stops taking jobs "
+        "and drains its running ones, up to `docker.stopTimeout`, before the new one starts; every other "
+        "setting reaches the running runners as a new config.toml, reloaded in place; "
+        "`components/replacement.py`, checked against a real preview):\n\n"
+        + "| key | why |\n|---|---|\n"
+        + "\n".join(f"| `{k}` | {v} |" for k, v in REPLACING_SETTINGS.items()),
     ]
     return f"{BEGIN}\n\n" + "\n\n".join(parts) + f"\n\n{END}"
 

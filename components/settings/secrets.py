@@ -39,6 +39,9 @@ class Secrets:
     gitlab_token: pulumi.Output[str] | None
     gitlab_token_is_secret: bool = True
     runner_tokens: dict[str, pulumi.Output[str]] = field(default_factory=dict)
+    """Runner name -> the one token of a runner created outside the stack."""
+    runner_host_tokens: dict[str, dict[str, pulumi.Output[str]]] = field(default_factory=dict)
+    """Runner name -> Docker host -> token: one GitLab runner per host, created outside the stack."""
     docker_tls: dict[str, DockerTls] = field(default_factory=dict)
     cache_credentials: dict[str, pulumi.Output[str]] | None = None
     """The cache service's credentials by key (accessKey, secretKey, ...), None when not set."""
@@ -89,8 +92,13 @@ def _pop_secret(
     return None, [Problem(f"{PROJECT}:{name}", f"must be stored as a secret (it holds {holds})", example)]
 
 
-def runner_tokens(values: dict[str, Any], is_secret: bool) -> tuple[dict[str, str], list[Problem]]:
-    """The existing runner tokens (popped from `values`): a secret object of glrt- tokens."""
+def _is_runner_token(token: Any) -> bool:
+    return isinstance(token, str) and token.startswith("glrt-") and len(token) > 10
+
+
+def runner_tokens(values: dict[str, Any], is_secret: bool) -> tuple[dict[str, str | dict[str, str]], list[Problem]]:
+    """The existing runner tokens (popped from `values`): a secret object of runner name -> glrt- token,
+    or runner name -> {Docker host -> glrt- token} for one GitLab runner per host."""
     key = f"{PROJECT}:{RUNNER_TOKENS}"
     example = f"pulumi config set --secret --path '{key}.docker-1'  (then paste the glrt- token)"
     raw, stored = _pop_secret(values, RUNNER_TOKENS, is_secret, "runner tokens", example)
@@ -98,12 +106,29 @@ def runner_tokens(values: dict[str, Any], is_secret: bool) -> tuple[dict[str, st
         return {}, stored
     if not isinstance(raw, dict):
         return {}, [Problem(key, "must be an object mapping runner names to tokens", example)]
-    problems = [
-        Problem(f"{key}.{name}", "must be a runner authentication token starting with glrt-", example)
-        for name, token in raw.items()
-        if not (isinstance(token, str) and token.startswith("glrt-") and len(token) > 10)
-    ]
-    return {str(k): str(v) for k, v in raw.items()}, problems
+    found: dict[str, str | dict[str, str]] = {}
+    problems = []
+    for name, token in raw.items():
+        if isinstance(token, dict) and token:
+            host_example = f"pulumi config set --secret --path '{key}.{name}.<host>'  (one glrt- token per host)"
+            bad = [h for h, t in token.items() if not _is_runner_token(t)]
+            problems += [
+                Problem(f"{key}.{name}.{h}", "must be a runner authentication token starting with glrt-", host_example)
+                for h in bad
+            ]
+            found[str(name)] = {str(h): str(t) for h, t in token.items()}
+            continue
+        # Kept even when wrong: the runner brings a token, so nothing more is reported about it.
+        found[str(name)] = str(token)
+        if not _is_runner_token(token):
+            problems.append(
+                Problem(
+                    f"{key}.{name}",
+                    "must be a runner authentication token starting with glrt- (or an object of one per Docker host)",
+                    example,
+                )
+            )
+    return found, problems
 
 
 def docker_tls(values: dict[str, Any], is_secret: bool) -> tuple[dict[str, dict[str, str]], list[Problem]]:
@@ -150,7 +175,12 @@ def read_secrets(values: dict[str, Any]) -> tuple[Secrets, list[Problem]]:
     secrets = Secrets(
         gitlab_token=gitlab_token,
         gitlab_token_is_secret=runtime_config.is_config_secret("gitlab:token"),
-        runner_tokens={name: pulumi.Output.secret(token) for name, token in tokens.items()},
+        runner_tokens={name: pulumi.Output.secret(t) for name, t in tokens.items() if isinstance(t, str)},
+        runner_host_tokens={
+            name: {host: pulumi.Output.secret(token) for host, token in t.items()}
+            for name, t in tokens.items()
+            if isinstance(t, dict)
+        },
         docker_tls={
             host: DockerTls(*(pulumi.Output.secret(parts[p]) for p in TLS_PARTS)) for host, parts in tls.items()
         },

@@ -27,7 +27,8 @@ import re
 import secrets
 import ssl
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,6 +54,12 @@ MANAGE_SCOPES = {"manage_runner", "api"}
 USER_SCOPES = {"read_user", "read_api", "api"}
 
 Answer = tuple[int, Any, dict[str, str]]
+"""(status, body, extra headers): a JSON body, None for none, or bytes sent as they are."""
+# The runner endpoints a fault can hit, by the names the runner's metrics give them.
+RUNNER_ENDPOINTS = {
+    ("POST", "/api/v4/runners/verify"): "verify",
+    ("POST", "/api/v4/jobs/request"): "request_job",
+}
 
 
 def _forbidden_scope(needed: set[str]) -> Answer:
@@ -119,12 +126,23 @@ class Job:
     script: list[str]
     variables: dict[str, str]
     timeout: int = 3600
+    image: str | None = None
+    """The job's `image:` (docker and kubernetes executors); None: the runner's default image."""
+    entrypoint: list[str] | None = None
+    """The job's `image: entrypoint:` (`[""]` clears the image's own)."""
     state: str = "pending"
     exit_code: int | None = None
     failure_reason: str | None = None
     runner_id: int | None = None
+    """The runner that took it."""
     system_id: str | None = None
     trace: bytearray = field(default_factory=bytearray)
+    candidates: set[int] = field(default_factory=set)
+    """The runners that may take it while it is pending (GitLab hands a job to any runner that matches)."""
+    handed_out_at: float | None = None
+    """When a runner took it (epoch seconds)."""
+    dropped: bool = False
+    """Failed by the double: still running when its timeout (plus the double's grace) was over."""
 
     def payload(self, base_url: str) -> dict[str, Any]:
         variables = [{"key": k, "value": v, "public": True, "masked": False} for k, v in self.variables.items()]
@@ -159,7 +177,9 @@ class Job:
                     "allow_failure": False,
                 }
             ],
-            "image": None,
+            "image": {"name": self.image, **({"entrypoint": self.entrypoint} if self.entrypoint else {})}
+            if self.image
+            else None,
             "services": [],
             "artifacts": [],
             "cache": [],
@@ -177,6 +197,110 @@ class Poll:
     runner_id: int | None = None
 
 
+@dataclass(frozen=True)
+class Fault:
+    """GitLab misbehaving for a while: `status` answered to the runner endpoints named, or answers
+    held back `delay` seconds first (status None)."""
+
+    endpoints: frozenset[str]
+    until: float
+    """Epoch seconds."""
+    status: int | None = None
+    retry_after: int | None = None
+    """The Retry-After header of a 429, in seconds, as GitLab's rate limiter sends it."""
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One runner-endpoint request the double answered with a fault."""
+
+    endpoint: str
+    token: str | None
+    status: int
+    at: float
+    correlation: str | None = None
+    """The call's X-Request-Id: the runner sends the same one on every attempt of a call."""
+
+
+def fault_answer(status: int, retry_after: int | None) -> Answer:
+    """What GitLab (or the proxy in front of it) sends with these statuses."""
+    if status == HTTPStatus.TOO_MANY_REQUESTS:
+        # Rack::Attack's throttle answer: plain text, Retry-After in seconds.
+        headers = {"Content-Type": "text/plain"}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        return status, b"Retry later\n", headers
+    if status in (HTTPStatus.BAD_GATEWAY, HTTPStatus.GATEWAY_TIMEOUT):
+        # From the proxy in front of Rails (NGINX): an HTML page.
+        phrase = f"{status} {HTTPStatus(status).phrase}"
+        return status, f"<html><body><h1>{phrase}</h1></body></html>\n".encode(), {"Content-Type": "text/html"}
+    return status, {"message": f"{status} {HTTPStatus(status).phrase}"}, {}
+
+
+class JobStream:
+    """A bounded stream of jobs: `count` jobs, one every `every` seconds, for whichever of `runners` asks
+    first; it stops early at `deadline` seconds. `runners` is shared with the pending jobs, so a runner
+    added later (a rotation by the stack) may take them too."""
+
+    def __init__(
+        self,
+        double: GitLabDouble,
+        runners: Iterable[int],
+        count: int,
+        every: float,
+        script: list[str],
+        timeout: int,
+        deadline: float,
+    ) -> None:
+        self.double = double
+        self.runners: set[int] = set(runners)
+        self.count = count
+        self.every = every
+        self.script = script
+        self.timeout = timeout
+        self.jobs: list[Job] = []
+        self._stop = threading.Event()
+        self._ends = time.time() + deadline
+        self._thread = threading.Thread(target=self._feed, daemon=True)
+        self._thread.start()
+
+    def _feed(self) -> None:
+        while len(self.jobs) < self.count and time.time() < self._ends and not self._stop.is_set():
+            self.jobs.append(self.double.enqueue_job(None, self.script, timeout=self.timeout, runners=self.runners))
+            self._stop.wait(self.every)
+
+    def stop(self) -> None:
+        """No more jobs; the ones enqueued stay."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    @property
+    def feeding(self) -> bool:
+        return self._thread.is_alive()
+
+    def settled(self) -> bool:
+        """Every job enqueued is finished, or failed (by its runner or by the double's timeout)."""
+        with self.double.lock:
+            self.double._drop_stuck()
+            return all(job.state in ("success", "failed") for job in self.jobs)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs enqueued, handed out, finished (success), lost (failed or dropped), still running or pending."""
+        with self.double.lock:
+            self.double._drop_stuck()
+            jobs = list(self.jobs)
+            return {
+                "enqueued": len(jobs),
+                "handed_out": sum(1 for j in jobs if j.state != "pending"),
+                "finished": sum(1 for j in jobs if j.state == "success"),
+                "lost": sum(1 for j in jobs if j.state == "failed"),
+                "dropped": sum(1 for j in jobs if j.dropped),
+                "running": sum(1 for j in jobs if j.state == "running"),
+                "pending": sum(1 for j in jobs if j.state == "pending"),
+            }
+
+
 class GitLabDouble:
     """The double's state and behaviour; `serve()` puts it on 127.0.0.1."""
 
@@ -185,10 +309,18 @@ class GitLabDouble:
         api_token: str,
         scopes: tuple[str, ...] = ("api",),
         token_lifetime: timedelta | None = None,
+        token_lifetimes: Mapping[str, timedelta] | None = None,
+        stuck_grace: float = 60.0,
     ) -> None:
         self.api_tokens: dict[str, set[str]] = {api_token: set(scopes)}
         self.token_lifetime = token_lifetime
         """The instance's runner-token lifetime; None: tokens never expire (GitLab's default)."""
+        self.token_lifetimes = dict(token_lifetimes or {})
+        """Lifetimes by runner type, as GitLab's settings for instance, group and project runners set
+        them (runner_token_expiration_interval, group_…, project_…); they win over token_lifetime."""
+        self.stuck_grace = stuck_grace
+        """Seconds past its timeout after which a job still running is failed by the double
+        (stuck_or_timeout_failure), as GitLab drops jobs no runner finishes."""
         self.lock = threading.Lock()
         self.runners: dict[int, Runner] = {}
         self.created: list[int] = []
@@ -201,6 +333,11 @@ class GitLabDouble:
         self.queue: list[Job] = []
         self.unavailable = False
         """Answer job requests 503, as GitLab does while it is down for maintenance."""
+        self.outage: int | None = None
+        """Answer every request with this status (502, 503, 500), as the proxy in front of a GitLab that
+        is down does."""
+        self.faults: list[Fault] = []
+        self.fault_answers: list[Answered] = []
         self._ids = itertools.count(1)
         self._job_ids = itertools.count(1000)
         self.base_url = ""
@@ -220,23 +357,91 @@ class GitLabDouble:
             return self.runners[answer["id"]]
 
     def enqueue_job(
-        self, runner_token: str, script: list[str], variables: dict[str, str] | None = None, timeout: int = 3600
+        self,
+        runner_token: str | None,
+        script: list[str],
+        variables: dict[str, str] | None = None,
+        timeout: int = 3600,
+        image: str | None = None,
+        entrypoint: list[str] | None = None,
+        runners: set[int] | None = None,
     ) -> Job:
-        """A job for the runner holding `runner_token` now (it follows the runner through token resets)."""
+        """A job for the runner holding `runner_token` now (it follows the runner through token resets),
+        or for any of `runners` (ids; the set is kept, so runners added to it later may take the job)."""
         with self.lock:
             job = Job(
                 id=next(self._job_ids),
                 token=f"glcbt-{secrets.token_hex(8)}",
-                runner_token=runner_token,
+                runner_token=runner_token or "",
                 script=script,
                 variables={"GIT_STRATEGY": "none", **(variables or {})},
                 timeout=timeout,
+                image=image,
+                entrypoint=entrypoint,
             )
-            runner = self._runner_by_token(runner_token)
-            job.runner_id = runner.id if runner else None
+            if runners is not None:
+                job.candidates = runners
+            else:
+                runner = self._runner_by_token(runner_token)
+                job.candidates = {runner.id} if runner else set()
             self.jobs[job.id] = job
             self.queue.append(job)
             return job
+
+    def stream_jobs(
+        self,
+        runners: Iterable[int],
+        count: int,
+        every: float,
+        script: list[str],
+        timeout: int = 60,
+        deadline: float = 300,
+    ) -> JobStream:
+        """Start a bounded stream of jobs for these runners (ids); see JobStream."""
+        return JobStream(self, runners, count, every, script, timeout, deadline)
+
+    def fault(
+        self,
+        endpoints: Iterable[str],
+        seconds: float,
+        status: int | None = None,
+        retry_after: int | None = None,
+        delay: float = 0.0,
+    ) -> Fault:
+        """Misbehave on the runner endpoints named (`verify`, `request_job`) for `seconds`: answer
+        `status` (500, 502, 429 with `retry_after`, …), or answer late by `delay` seconds."""
+        unknown = set(endpoints) - set(RUNNER_ENDPOINTS.values())
+        if unknown:
+            raise ValueError(f"no such runner endpoint: {sorted(unknown)}")
+        fault = Fault(frozenset(endpoints), time.time() + seconds, status, retry_after, delay)
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def heal(self) -> None:
+        """GitLab answers again."""
+        with self.lock:
+            self.faults.clear()
+
+    def answered_with_faults(self, endpoint: str, since: float = 0.0) -> list[Answered]:
+        with self.lock:
+            return [a for a in self.fault_answers if a.endpoint == endpoint and a.at >= since]
+
+    def delete_runner(self, runner: Runner) -> None:
+        """Delete a runner as `DELETE /runners/:id` (or GitLab's UI) does: its token stops working."""
+        with self.lock:
+            self.runners.pop(runner.id, None)
+            self.deleted.append(runner.id)
+
+    def accepts(self, token: str) -> bool:
+        """GitLab takes this runner token now (verify would answer 200)."""
+        with self.lock:
+            return self._runner_by_token(token) is not None
+
+    def running_jobs(self) -> list[Job]:
+        with self.lock:
+            self._drop_stuck()
+            return [j for j in self.jobs.values() if j.state == "running"]
 
     def tokens_that_polled(self) -> set[str]:
         with self.lock:
@@ -273,8 +478,22 @@ class GitLabDouble:
             return None
         return runner
 
-    def _expiry(self) -> datetime | None:
-        return None if self.token_lifetime is None else self._now() + self.token_lifetime
+    def _expiry(self, runner_type: str | None = None) -> datetime | None:
+        lifetime = self.token_lifetimes.get(runner_type or "", self.token_lifetime)
+        return None if lifetime is None else self._now() + lifetime
+
+    def _active_fault(self, endpoint: str) -> Fault | None:
+        now = time.time()
+        self.faults = [f for f in self.faults if f.until > now]
+        return next((f for f in reversed(self.faults) if endpoint in f.endpoints), None)
+
+    def _drop_stuck(self) -> None:
+        """Fail the running jobs whose timeout (plus the grace) is over: no runner will finish them."""
+        now = time.time()
+        for job in self.jobs.values():
+            if job.state == "running" and job.handed_out_at is not None:
+                if now > job.handed_out_at + job.timeout + self.stuck_grace:
+                    job.state, job.failure_reason, job.dropped = "failed", "stuck_or_timeout_failure", True
 
     def _api_scopes(self, headers: dict[str, str]) -> set[str] | None:
         token = headers.get("private-token")
@@ -294,10 +513,31 @@ class GitLabDouble:
             if not isinstance(loaded, dict):
                 return HTTPStatus.BAD_REQUEST, {"message": "400 Bad request - JSON object expected"}, {}
             data = loaded
+        endpoint = RUNNER_ENDPOINTS.get((method, route))
+        if endpoint is not None:
+            with self.lock:
+                fault = self._active_fault(endpoint)
+            if fault is not None and fault.delay:
+                time.sleep(fault.delay)
+            if fault is not None and fault.status is not None:
+                token = data.get("token")
+                with self.lock:
+                    self.fault_answers.append(
+                        Answered(
+                            endpoint,
+                            token if isinstance(token, str) else None,
+                            fault.status,
+                            time.time(),
+                            headers.get("x-request-id"),
+                        )
+                    )
+                return fault_answer(fault.status, fault.retry_after)
         with self.lock:
             return self._route(method, route, headers, data, body)
 
     def _route(self, method: str, route: str, headers: dict[str, str], data: dict[str, Any], body: bytes) -> Answer:
+        if self.outage is not None:
+            return self.outage, {"message": f"{self.outage} {HTTPStatus(self.outage).phrase}"}, {}
         if route.startswith("/api/v4/jobs/") and route.endswith("/trace") and method == "PATCH":
             return self._patch_trace(route, headers, body)
         if route == "/api/v4/runners/verify" and method == "POST":
@@ -392,7 +632,7 @@ class GitLabDouble:
             token=f"glrt-t1_{secrets.token_urlsafe(15)}",
             runner_type=str(runner_type),
             attributes=attributes,
-            token_expires_at=self._expiry(),
+            token_expires_at=self._expiry(str(runner_type)),
             group_id=data.get("group_id"),
             project_id=data.get("project_id"),
         )
@@ -434,10 +674,12 @@ class GitLabDouble:
         if runner.attributes.get("paused"):
             return HTTPStatus.NO_CONTENT, None, last_update
         for job in self.queue:
-            if job.runner_id == runner.id:
+            if runner.id in job.candidates:
                 self.queue.remove(job)
                 job.state = "running"
+                job.runner_id = runner.id
                 job.system_id = data.get("system_id")
+                job.handed_out_at = time.time()
                 return HTTPStatus.CREATED, job.payload(self.base_url), {}
         return HTTPStatus.NO_CONTENT, None, last_update
 
@@ -449,6 +691,14 @@ class GitLabDouble:
         job = self._job_for(route, data.get("token"))
         if job is None:
             return HTTPStatus.FORBIDDEN, {"message": "403 Forbidden"}, {}
+        self._drop_stuck()
+        if job.dropped:
+            # A job GitLab already failed: its API's job_forbidden! for a job no longer on the runner.
+            return (
+                HTTPStatus.FORBIDDEN,
+                {"message": "403 Forbidden - Job is not processing on runner"},
+                {"Job-Status": job.state},
+            )
         state = data.get("state")
         if state not in (None, "running", "success", "failed"):
             return HTTPStatus.BAD_REQUEST, {"message": "state does not have a valid value"}, {}
@@ -462,6 +712,9 @@ class GitLabDouble:
         job = self._job_for(route, headers.get("job-token"))
         if job is None:
             return HTTPStatus.FORBIDDEN, {"message": "403 Forbidden"}, {}
+        self._drop_stuck()
+        if job.dropped:
+            return HTTPStatus.FORBIDDEN, {"message": "403 Forbidden - Job is not running"}, {"Job-Status": job.state}
         match = re.fullmatch(r"(\d+)-(\d+)", headers.get("content-range", ""))
         start = int(match.group(1)) if match else len(job.trace)
         if start != len(job.trace):
@@ -488,7 +741,7 @@ class GitLabDouble:
         self.resets.append(Poll(runner.token, None, self._now(), runner.id))
         runner.revoked.append(runner.token)
         runner.token = f"glrt-t1_{secrets.token_urlsafe(15)}"
-        runner.token_expires_at = self._expiry()
+        runner.token_expires_at = self._expiry(runner.runner_type)
         return HTTPStatus.CREATED, {"token": runner.token, "token_expires_at": iso(runner.token_expires_at)}, {}
 
 
@@ -501,11 +754,12 @@ def _handler(double: GitLabDouble) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, answer, extra = double.handle(self.command, self.path, headers, body)
-            payload = b"" if answer is None else json.dumps(answer).encode()
+            raw = isinstance(answer, bytes)
+            payload = answer if isinstance(answer, bytes) else b"" if answer is None else json.dumps(answer).encode()
             self.send_response(status)
             for key, value in extra.items():
                 self.send_header(key, value)
-            if answer is not None:
+            if answer is not None and not raw:
                 self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
@@ -525,18 +779,27 @@ def serve(
     scopes: tuple[str, ...] = ("api",),
     token_lifetime: timedelta | None = None,
     tls: tuple[str, str] | None = None,
+    host: str = "127.0.0.1",
+    client_ca: str | None = None,
+    token_lifetimes: Mapping[str, timedelta] | None = None,
+    stuck_grace: float = 60.0,
 ) -> Iterator[GitLabDouble]:
-    """Run a double on a free 127.0.0.1 port for the duration of the block; HTTPS with `tls`
-    (certificate file, key file)."""
-    double = GitLabDouble(api_token, scopes, token_lifetime)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(double))
+    """Run a double on a free port of `host` for the duration of the block; HTTPS with `tls`
+    (certificate file, key file), requiring a client certificate signed by `client_ca` when given (a
+    GitLab behind mutual TLS). `host` is 127.0.0.1, or this machine's address on a network the test
+    made (a pod network), never another."""
+    double = GitLabDouble(api_token, scopes, token_lifetime, token_lifetimes, stuck_grace)
+    server = ThreadingHTTPServer((host, 0), _handler(double))
     scheme = "http"
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*tls)
+        if client_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(client_ca)
         server.socket = context.wrap_socket(server.socket, server_side=True)
         scheme = "https"
-    double.base_url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
+    double.base_url = f"{scheme}://{host}:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

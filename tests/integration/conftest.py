@@ -11,13 +11,23 @@ import os
 import secrets
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pulumi import automation as auto
 
-from tests.integration.docker_engine import Engine, docker_provider_or_skip, start_engine
+from tests.conftest import under_test
+from tests.integration.docker_engine import (
+    CURRENT_MIN_API,
+    Engine,
+    ExtraEngine,
+    current_engine_binaries,
+    docker_provider_or_skip,
+    start_engine,
+)
+from tests.integration.local_cluster import Cluster, local_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml", "Pulumi.prod.yaml", "__main__.py", "requirements.txt")
@@ -117,10 +127,48 @@ def unsafe_project(tmp_path: Path, project: Project) -> Project:
 
 
 @pytest.fixture(scope="session")
-def engine() -> Engine:
-    """The machine's Docker engine (scripts/docker-engine starts it), for the Docker target's tests."""
+def legacy_engine() -> Engine:
+    """Debian's Docker 20.10 (scripts/docker-engine starts it): the oldest engine the README claims."""
     docker_provider_or_skip()
-    return start_engine()
+    engine = start_engine()
+    under_test(f"docker engine under test: {engine.describe()}")
+    return engine
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory, legacy_engine: Engine) -> Iterator[Engine]:
+    """The current Docker engine (scripts/docker-current builds it; started here with
+    DOCKER_MIN_API_VERSION=1.44), for the Docker target's tests. Where it was not built (no moby source
+    on the machine) the tests run on 20.10 alone and say so; under scripts/test with the source at
+    hand a failure to start it fails the tests."""
+    binaries = current_engine_binaries()
+    if binaries is None:
+        under_test("docker engine under test: 20.10 only (scripts/docker-current found no moby source to build 29)")
+        yield legacy_engine
+        return
+    current = ExtraEngine(tmp_path_factory.mktemp("docker-current"), binaries=binaries, min_api=CURRENT_MIN_API)
+    try:
+        engine = current.start()
+        under_test(f"docker engine under test: {engine.describe()}")
+        yield engine
+    finally:
+        current.close()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The local Kubernetes cluster, with a node that runs pods where its parts are on the machine
+    (under scripts/test, where containerd could be built, a node that fails to start fails)."""
+    bin_dir = os.environ.get("GITLAB_RUNNERS_CLUSTER_BIN")
+    if not bin_dir or not (Path(bin_dir) / "kube-apiserver").exists():
+        message = "no local control plane: set GITLAB_RUNNERS_CLUSTER_BIN=$(scripts/cluster-binaries)"
+        if os.environ.get("GITLAB_RUNNERS_REQUIRE_ENGINE") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    require = os.environ.get("GITLAB_RUNNERS_REQUIRE_ENGINE") == "1" and current_engine_binaries() is not None
+    with local_cluster(Path(bin_dir), tmp_path_factory.mktemp("cluster"), require_node=require) as running:
+        under_test(f"kubernetes node under test: {running.node}")
+        yield running
 
 
 # What a runner that brings its own token may set: the rest is kept in GitLab (settings refuse it).

@@ -1,8 +1,12 @@
-"""The real Docker engine for the Docker-target tests: started by scripts/docker-engine, a base image
-from scripts/runner-base-image (holding the runner stand-in, a test double), and `docker` CLI helpers.
+"""The real Docker engines for the Docker-target tests, a base image from scripts/runner-base-image
+(holding the runner stand-in, a test double), and `docker` CLI helpers.
 
-Where a part is missing the tests skip and say which; under scripts/test with the docker provider
-built (GITLAB_RUNNERS_REQUIRE_DOCKER=1) they fail instead.
+Two engines: the current one (Docker 29, built by scripts/docker-current and started here on a socket,
+data root and bridge of its own with DOCKER_MIN_API_VERSION=1.44, as Docker 29.0-29.2 ship and as
+hardened hosts run), which every Docker-target test uses, and Debian's 20.10 (scripts/docker-engine),
+the oldest engine the README claims, on which the main tests run again. Each is driven by its own
+release's CLI. Where a part is missing the tests skip and say which; under scripts/test with the
+docker provider built (GITLAB_RUNNERS_REQUIRE_DOCKER=1) they fail instead.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The oldest Engine API the current engine is started to accept (scripts/versions.env).
+CURRENT_MIN_API = "1.44"
 
 
 def missing(message: str) -> None:
@@ -41,11 +47,25 @@ def docker_provider_or_skip() -> None:
 @dataclass(frozen=True)
 class Engine:
     host: str
+    cli: str = "docker"
+    """The docker CLI of the engine's own release (a 20.10 CLI cannot speak to an engine needing 1.44)."""
 
     def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["docker", "-H", self.host, *args], capture_output=True, text=True, check=check, timeout=timeout
+            [self.cli, "-H", self.host, *args], capture_output=True, text=True, check=check, timeout=timeout
         )
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment in which `docker` is this engine's CLI (for scripts that call it)."""
+        folder = str(Path(self.cli).parent)
+        return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"} if self.cli != "docker" else dict(os.environ)
+
+    def describe(self) -> str:
+        """`<version> (API <min>-<max>)`, from the engine itself."""
+        fields = "{{.Server.Version}} {{.Server.MinAPIVersion}} {{.Server.APIVersion}}"
+        version, oldest, newest = self.run("version", "--format", fields).stdout.split()
+        return f"{version} (API {oldest}-{newest})"
 
     def inspect(self, kind: str, name: str) -> dict[str, Any] | None:
         done = self.run(kind, "inspect", name, check=False)
@@ -64,15 +84,26 @@ class Engine:
 
 
 def start_engine() -> Engine:
+    """Debian's 20.10 on the default socket (scripts/docker-engine)."""
     done = subprocess.run([str(ROOT / "scripts" / "docker-engine")], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         missing(f"no Docker engine: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
     return Engine(done.stdout.strip())
 
 
+def current_engine_binaries() -> Path | None:
+    """The folder scripts/docker-current built (scripts/test exports it), or None."""
+    given = os.environ.get("GITLAB_RUNNERS_DOCKER_CURRENT")
+    return Path(given) if given and (Path(given) / "dockerd").exists() else None
+
+
 def base_image(engine: Engine) -> str:
     done = subprocess.run(
-        [str(ROOT / "scripts" / "runner-base-image"), engine.host], capture_output=True, text=True, check=False
+        [str(ROOT / "scripts" / "runner-base-image"), engine.host],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=engine.env,
     )
     if done.returncode != 0:
         missing(f"the runner base image could not be built: {done.stderr.strip()[-500:]}")
@@ -93,16 +124,20 @@ def wait_for(what: str, check: Callable[[], Any], seconds: float = 90, every: fl
 class ExtraEngine:
     """Another dockerd on this machine, with its own data root, socket and bridge (the test makes the
     bridge: a dockerd told to use none removes the first engine's docker0): a second Docker host for
-    the fleet tests. Its containers use host networking to reach the API double on 127.0.0.1; its
-    image builds use its bridge, which has no route out. Started and stopped by the test; its bridge
-    and files are removed at the end."""
+    the fleet tests, or the current engine (`binaries`: scripts/docker-current's folder, whose dockerd
+    starts its own containerd 2 from there). Its containers use host networking to reach the API double
+    on 127.0.0.1; its image builds use its bridge, which has no route out. Started and stopped by the
+    test; its bridge and files are removed at the end."""
 
-    def __init__(self, folder: Path) -> None:
-        if shutil.which("dockerd") is None or shutil.which("ip") is None:
+    def __init__(self, folder: Path, binaries: Path | None = None, min_api: str | None = None) -> None:
+        if (binaries is None and shutil.which("dockerd") is None) or shutil.which("ip") is None:
             missing("dockerd and ip are needed for a second engine (scripts/docker-engine installs docker.io)")
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        self.engine = Engine(f"unix://{folder / 'docker.sock'}")
+        self.binaries = binaries
+        self.min_api = min_api
+        cli = str(binaries / "docker") if binaries else "docker"
+        self.engine = Engine(f"unix://{folder / 'docker.sock'}", cli=cli)
         self.process: subprocess.Popen[bytes] | None = None
         suffix = secrets.token_hex(3)
         self.bridge = f"grbr{suffix}"
@@ -112,10 +147,15 @@ class ExtraEngine:
         subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
 
     def start(self) -> Engine:
+        env = dict(os.environ)
+        if self.binaries is not None:
+            env["PATH"] = f"{self.binaries}:{env['PATH']}"  # its containerd, shim and docker-proxy
+        if self.min_api is not None:
+            env["DOCKER_MIN_API_VERSION"] = self.min_api
         with (self.folder / "dockerd.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [
-                    "dockerd",
+                    str(self.binaries / "dockerd") if self.binaries else "dockerd",
                     f"--data-root={self.folder / 'data'}",
                     f"--exec-root={self.folder / 'exec'}",
                     f"--pidfile={self.folder / 'docker.pid'}",
@@ -124,12 +164,18 @@ class ExtraEngine:
                     "--iptables=false",
                     "--ip-masq=false",
                     "--ip-forward=false",
+                    *(["--ip6tables=false"] if self.binaries else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=env,
             )
-        wait_for("the second dockerd", lambda: self.engine.run("version", check=False).returncode == 0, seconds=60)
+        wait_for(
+            f"dockerd at {self.engine.host} (log: {self.folder / 'dockerd.log'})",
+            lambda: self.engine.run("version", check=False).returncode == 0,
+            seconds=90,
+        )
         return self.engine
 
     def stop(self) -> None:

@@ -65,11 +65,12 @@ def docker_stack(
     gitlab: GitLabDouble,
     base_image: str,
     runners: list[dict[str, Any]],
-    tokens: dict[str, str],
+    tokens: dict[str, Any],
     hosts: list[dict[str, Any]] | None = None,
     **config: Any,
 ) -> Iterator[DockerStack]:
-    """A deployed-or-not stack; every engine is cleaned of the stack's containers and volumes after."""
+    """A deployed-or-not stack; every engine is cleaned of the stack's containers and volumes after.
+    `tokens` is runnerTokens: runner name -> token, or -> {host -> token}."""
     project = new_project(work)
     suffix = secrets.token_hex(3)
     prefix = f"gr-test-{suffix}"

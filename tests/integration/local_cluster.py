@@ -1,8 +1,9 @@
-"""A real, local Kubernetes control plane for the integration tests: etcd, kube-apiserver,
-kube-controller-manager (namespaces, garbage collection, deployments, replica sets, service accounts)
-and kube-scheduler, built by scripts/cluster-binaries, listening on 127.0.0.1 only. There is no kubelet:
-kwok keeps a fake node, and the pods scheduled onto it are marked Running and Ready (their containers
-never run), which is what a Helm release's readiness wait and a Deployment's rollout need.
+"""A real, local Kubernetes cluster for the integration tests: etcd, kube-apiserver,
+kube-controller-manager (namespaces, garbage collection, deployments, replica sets, service accounts,
+the root CA published to every namespace) and kube-scheduler, built by scripts/cluster-binaries, and a
+node that runs pods (local_node.py: kubelet, kube-proxy, containerd 2, runc, CNI), whose pod network is
+a bridge the test makes. Where the node's parts are not on the machine, kwok keeps a fake node instead:
+pods scheduled onto it are marked Running and Ready but never run; the test output says which.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from tests.integration.local_node import PodNetwork, local_node, node_missing
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -33,6 +36,16 @@ class Cluster:
     url: str
     token: str
     kubeconfig: Path
+    node: str = "none"
+    """What runs the pods: `kubelet <version> (containerd <version>)`, or `kwok (<why>)`."""
+    gateway: str | None = None
+    """This machine's address on the pod network (None with kwok): where pods reach the tests' servers."""
+    node_handle: Any = None
+    """The running node (local_node.Node), for loading images; None with kwok."""
+
+    @property
+    def runs_pods(self) -> bool:
+        return self.node_handle is not None
 
     def request(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
@@ -109,8 +122,14 @@ def write_kubeconfig(path: Path, url: str, token: str) -> Path:
 
 
 @contextmanager
-def local_cluster(bin_dir: Path, work: Path) -> Iterator[Cluster]:
+def local_cluster(bin_dir: Path, work: Path, require_node: bool = False) -> Iterator[Cluster]:
+    """The cluster until the block ends. With the node's parts on the machine, a real node; else kwok
+    (`require_node`: fail instead, as under scripts/test where the sources are at hand)."""
     work.mkdir(parents=True, exist_ok=True)
+    why_not = node_missing(bin_dir)
+    if why_not and require_node:
+        raise RuntimeError(f"a Kubernetes node is required here, but these are missing: {why_not}")
+    network = PodNetwork.create() if why_not is None else None
     etcd_client, etcd_peer, api_port, cm_port, scheduler_port, kwok_port = (free_port() for _ in range(6))
     token = secrets.token_hex(16)
     (work / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
@@ -140,10 +159,19 @@ def local_cluster(bin_dir: Path, work: Path) -> Iterator[Cluster]:
         "kube-apiserver": [
             str(bin_dir / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
             f"--secure-port={api_port}",
             f"--cert-dir={work / 'certs'}",
+            # Pods reach the API server through the `kubernetes` Service (kube-proxy) at the advertised
+            # address on the pod network; the tests' clients keep 127.0.0.1.
+            *(
+                [
+                    "--bind-address=0.0.0.0",
+                    f"--advertise-address={network.gateway}",
+                    "--kubelet-preferred-address-types=InternalIP",
+                ]
+                if network
+                else ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]
+            ),
             f"--token-auth-file={work / 'tokens.csv'}",
             "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc",
@@ -156,7 +184,9 @@ def local_cluster(bin_dir: Path, work: Path) -> Iterator[Cluster]:
             str(bin_dir / "kube-controller-manager"),
             f"--kubeconfig={cluster.kubeconfig}",
             "--controllers=namespace-controller,garbage-collector-controller,deployment-controller,"
-            "replicaset-controller,serviceaccount-controller",
+            "replicaset-controller,serviceaccount-controller,root-ca-certificate-publisher-controller",
+            # Published as kube-root-ca.crt in every namespace: the CA a pod's service account trusts.
+            f"--root-ca-file={work / 'certs' / 'apiserver.crt'}",
             "--leader-elect=false",
             "--bind-address=127.0.0.1",
             f"--secure-port={cm_port}",
@@ -181,6 +211,8 @@ def local_cluster(bin_dir: Path, work: Path) -> Iterator[Cluster]:
     }
     with ExitStack() as stack:
         processes: dict[str, subprocess.Popen[bytes]] = {}
+        if network is not None:
+            stack.callback(network.remove)
 
         def start(name: str) -> None:
             log: IO[bytes] = stack.enter_context((work / f"{name}.log").open("wb"))
@@ -192,10 +224,14 @@ def local_cluster(bin_dir: Path, work: Path) -> Iterator[Cluster]:
         start("kube-apiserver")
         _wait_ready(cluster, processes)
         start("kube-controller-manager")
-        if (bin_dir / "kwok").exists():
-            start("kube-scheduler")
+        start("kube-scheduler")
+        if network is not None:
+            node = stack.enter_context(local_node(cluster, bin_dir, work / "node", network, free_port))
+            cluster.node, cluster.gateway, cluster.node_handle = node.description, network.gateway, node
+        elif (bin_dir / "kwok").exists():
             start("kwok")
             _add_fake_node(cluster)
+            cluster.node = f"kwok (no node can run here: {why_not} missing)"
         yield cluster
 
 
@@ -211,7 +247,13 @@ def _add_fake_node(cluster: Cluster) -> None:
         "metadata": {
             "name": FAKE_NODE,
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {"kubernetes.io/hostname": FAKE_NODE, "kubernetes.io/os": "linux", "type": "kwok"},
+            # The labels a kubelet gives its node: the stack pins job pods to kubernetes.io/arch.
+            "labels": {
+                "kubernetes.io/hostname": FAKE_NODE,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+            },
         },
         "status": {"allocatable": capacity, "capacity": capacity},
     }

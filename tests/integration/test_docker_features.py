@@ -5,11 +5,11 @@ CA, the readiness gate, token rotation by the runner and by the stack, and the d
 from __future__ import annotations
 
 import secrets
-import subprocess
 import time
+import tomllib
+import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from pulumi import automation as auto
@@ -18,6 +18,8 @@ from tests.gitlab_double.server import GitLabDouble, serve
 from tests.integration.conftest import exported_state
 from tests.integration.docker_engine import Engine, base_image, wait_for
 from tests.integration.docker_stack import docker_stack
+from tests.integration.local_cluster import free_port
+from tests.integration.tls import make_ca
 
 API_TOKEN = "glpat-" + secrets.token_hex(10)
 
@@ -25,23 +27,6 @@ API_TOKEN = "glpat-" + secrets.token_hex(10)
 @pytest.fixture(scope="module")
 def base(engine: Engine) -> str:
     return base_image(engine)
-
-
-def make_ca(folder: Path, name: str) -> tuple[Path, Path, Path]:
-    """A CA and a certificate for 127.0.0.1 signed by it (openssl), as a self-hosted GitLab would have."""
-    ca_key, ca_cert = folder / f"{name}-ca.key", folder / f"{name}-ca.pem"
-    key, csr, cert = folder / f"{name}.key", folder / f"{name}.csr", folder / f"{name}.pem"
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca_cert),
-        "-days", "2", "-subj", f"/CN={name} test CA")  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
-        "-out", str(cert), "-days", "2", "-extfile", str(folder / "san.ext"))  # fmt: skip
-    return ca_cert, cert, key
 
 
 def test_a_private_ca_is_delivered_and_used_and_a_wrong_one_fails(
@@ -65,15 +50,58 @@ def test_a_private_ca_is_delivered_and_used_and_a_wrong_one_fails(
             started = time.time()
             assert stack.up().summary.result == "succeeded"
             wait_for("a poll over HTTPS", lambda: gitlab.polled_since(runner.token, started), seconds=60)
+            container = stack.container("shell")
+            ca_path = "/etc/gitlab-runner/certs/127.0.0.1.crt"
             # The runner verifies GitLab with exactly the CA the program delivered.
-            delivered = engine.run("exec", stack.container("shell"), "cat", "/etc/gitlab-runner/certs/127.0.0.1.crt")
+            delivered = engine.run("exec", container, "cat", ca_path)
             assert delivered.stdout == ca.read_text()
-            assert 'tls-ca-file = "/etc/gitlab-runner/certs/127.0.0.1.crt"' in stack.config_toml("shell")
-            # Another CA: the sync's verification of the token fails (TLS), and up says so.
+            assert f'tls-ca-file = "{ca_path}"' in stack.config_toml("shell")
+
+            def live() -> tuple[str, str, str]:
+                """config.toml, and the CA in use with its mtime (the runner reloads a CA whose mtime changed)."""
+                in_use = engine.run("exec", container, "cat", ca_path).stdout
+                mtime = engine.run("exec", container, "stat", "-c", "%y", ca_path).stdout
+                return stack.config_toml("shell"), in_use, mtime
+
+            def refused() -> str:
+                with pytest.raises(auto.CommandError) as caught:
+                    stack.up()
+                message = str(caught.value)
+                said = f"the config sync of {container} exited 1: runner ca-shell: "
+                assert said in message and runner.token not in message
+                return message
+
+            before = live()
+            verify = f"POST {gitlab.base_url}/api/v4/runners/verify"
+            # Each of these passes the runner's own `verify` (it fails only on a 403); the sync's check
+            # refuses it, up says why, and neither config.toml nor the CA in use changes.
             stack.set("gitlabCa", {"file": str(other_ca)})
-            with pytest.raises(auto.CommandError) as caught:
-                stack.up()
-            assert f"the config sync of {stack.container('shell')} exited 1" in str(caught.value)
+            message = refused()
+            assert f"{verify}: no answer (" in message and "with the CA 127.0.0.1.crt" in message
+            assert live() == before
+            stack.set("gitlabCa", {"file": str(ca)})
+            stack.set("gitlabUrl", gitlab.base_url + "/gitlab")
+            message = refused()
+            wrong = f"POST {gitlab.base_url}/gitlab/api/v4/runners/verify"
+            assert f"{wrong}: it answered 401 where GitLab answers 200" in message
+            assert live() == before
+            stack.set("gitlabUrl", gitlab.base_url)
+            stack.set("checkInterval", "2")
+            # GitLab's outage also turns the runner unhealthy: the gate need not wait long for it.
+            stack.set("readiness", {"timeoutSeconds": 20})
+            gitlab.outage = 502
+            message = refused()
+            assert f"{verify}: GitLab answered 502 Bad Gateway (after 5 tries): it is down or failing" in message
+            assert live() == before
+            # GitLab back: with nothing else to change, the sync runs again when replaced (as up says), and
+            # the change goes through, the CA untouched.
+            gitlab.outage = None
+            resources = (stack.stack.export_stack().deployment or {})["resources"]
+            sync = next(r["urn"] for r in resources if r.get("outputs", {}).get("name") == f"{container}-sync")
+            assert stack.up(replace=[sync]).summary.result == "succeeded"
+            after = live()
+            assert "check_interval = 2" in after[0] and after[1:] == before[1:]
+            assert runner.token not in "".join(stack.outputs)
 
 
 def test_the_readiness_gate_names_the_runner_and_what_it_saw(
@@ -96,7 +124,8 @@ def test_the_readiness_gate_names_the_runner_and_what_it_saw(
             message = str(caught.value)
             assert f"runner container {stack.container('shell')}" in message
             assert "(runners gate-shell)" in message
-            assert "GitLab has answered none of the runner's job requests yet" in message
+            assert "runner gate-shell: its last job requests failed (503 x" in message
+            assert "GitLab is failing or down (0 of 1 runners healthy)" in message
             # GitLab back: the same stack comes up.
             gitlab.unavailable = False
             assert stack.up().summary.result == "succeeded"
@@ -195,3 +224,76 @@ def test_cache_credentials_reach_config_toml_and_nothing_else(
             exported = exported_state(stack.project, "test")
             for place, text in (("inspect", inspected), ("state", exported), ("engine", up.stdout + up.stderr)):
                 assert secret_key not in text, place
+
+
+def test_a_new_metrics_port_is_bound_and_checked_after_a_restart(
+    engine: Engine, base: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The runner binds listen_address only when it starts: a new port replaces its container, so the
+    runner serves its metrics where its health check looks, on this run and after any restart."""
+    with serve(API_TOKEN) as gitlab:
+        runner = gitlab.create_runner()
+        with docker_stack(
+            tmp_path_factory.mktemp("metrics-port"),
+            [engine],
+            gitlab,
+            base,
+            runners=[{"name": "port-shell", "executor": "shell"}],
+            tokens={"port-shell": runner.token},
+            readiness={"timeoutSeconds": 40},
+        ) as stack:
+            assert stack.up().summary.result == "succeeded"
+            container = stack.container("shell")
+            first = engine.inspect("container", container)["Id"]  # type: ignore[index]
+            stack.set("metrics", {"port": free_port()})
+            assert stack.up().summary.result == "succeeded"
+            address = tomllib.loads(stack.config_toml("shell"))["listen_address"]
+            assert engine.inspect("container", container)["Id"] != first  # type: ignore[index]
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as served:
+                assert b"gitlab_runner_api_request_statuses_total" in served.read()
+            # After a restart the runner binds what config.toml says, and the health check looks there.
+            engine.run("restart", container)
+            wait_for("the restarted runner to be healthy", lambda: is_healthy(engine, container), seconds=60)
+            assert stack.up().summary.result == "succeeded"
+
+
+def test_a_token_revoked_after_it_polled_makes_the_container_unhealthy_naming_its_runner(
+    engine: Engine, base: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The health check judges each runner by its recent job requests: one runner beside it that still
+    works does not hide it, nor do the requests GitLab answered before."""
+    with serve(API_TOKEN) as gitlab:
+        kept, revoked = gitlab.create_runner(), gitlab.create_runner()
+        with docker_stack(
+            tmp_path_factory.mktemp("revoked"),
+            [engine],
+            gitlab,
+            base,
+            runners=[{"name": "ok-shell", "executor": "shell"}, {"name": "gone-shell", "executor": "shell"}],
+            tokens={"ok-shell": kept.token, "gone-shell": revoked.token},
+            readiness={"timeoutSeconds": 20},
+        ) as stack:
+            assert stack.up().summary.result == "succeeded"
+            container = stack.container("shell")
+            assert is_healthy(engine, container)
+            old_token = revoked.token
+            gitlab.reset_token(revoked)  # reset in GitLab: the token the runner holds is refused from now on
+            wait_for("the container to turn unhealthy", lambda: health(engine, container) == "unhealthy", seconds=60)
+            since = time.time()
+            wait_for("a poll by the runner beside it", lambda: gitlab.polled_since(kept.token, since), seconds=30)
+            with pytest.raises(auto.CommandError) as caught:
+                stack.up()
+            message = str(caught.value)
+            assert f"runner container {container}" in message
+            assert "runner gone-shell: its last job requests failed (403 x" in message
+            assert "(1 of 2 runners healthy)" in message and "runner ok-shell:" not in message
+            assert old_token not in message and revoked.token not in message
+
+
+def health(engine: Engine, container: str) -> str | None:
+    state = (engine.inspect("container", container) or {}).get("State", {})
+    return (state.get("Health") or {}).get("Status")
+
+
+def is_healthy(engine: Engine, container: str) -> bool:
+    return health(engine, container) == "healthy"

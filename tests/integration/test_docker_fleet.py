@@ -1,14 +1,17 @@
 """A fleet of Docker hosts in one stack, for real: two dockerd on this machine (their own data roots
 and sockets), the docker provider, the GitLab API double and the runner stand-in (a test double of
 gitlab-runner). Each host is its own subtree: a change on one leaves the other's containers alone, a
-stopped engine fails only its own resources, and `pulumi up --target` on one host works."""
+stopped engine fails only its own resources, and `pulumi up --target` on one host works. Tokens that
+expire: each host rotates its own, and a token shared by two hosts is never rotated by either."""
 
 from __future__ import annotations
 
 import functools
 import secrets
 import time
+import tomllib
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -27,7 +30,7 @@ from tests.integration.docker_stack import docker_stack
 from tests.integration.local_cluster import free_port
 
 API_TOKEN = "glpat-" + secrets.token_hex(10)
-PLUGIN = "gitlab/fleeting-plugin-aws:1.0.0"
+PLUGIN = "aws:1.0.0"  # GitLab's AWS plugin, as `fleeting install` resolves it
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +99,13 @@ def test_a_fleet_of_two_hosts(engines: tuple[Engine, ExtraEngine], tmp_path_fact
             wait_for("the spread runner on both hosts", lambda: len(polled_from(gitlab, tokens["spread"])) == 2)
             for name in ("one", "two", "scale"):
                 wait_for(f"runner {name} to poll", functools.partial(polled_from, gitlab, tokens[name]))
-            # The autoscaling runner's host got its fleeting plugin installed into its image.
-            plugins = second.run("run", "--rm", "--entrypoint", "sh", stack.image, "-c", "ls -R $FLEETING_PLUGIN_PATH")
-            assert "1.0.0" in plugins.stdout
+            # The autoscaling runner's host got its fleeting plugin installed into its image, where the
+            # runner looks for aws:1.0.0.
+            installed = "$FLEETING_PLUGIN_PATH/registry.gitlab.com/gitlab-org/fleeting/plugins/aws/1.0.0/plugin"
+            found = second.run(
+                "run", "--rm", "--entrypoint", "sh", stack.image, "-c", f'test -x "{installed}"', check=False
+            )
+            assert found.returncode == 0, f"{installed} is not in the image"
             image = second.inspect("image", stack.image)
             assert image is not None and image["Config"]["Labels"]["io.gitlab-runners.fleeting-plugins"] == PLUGIN
             assert "[runners.autoscaler]" in stack.config_toml("autoscaler", second)
@@ -154,3 +161,122 @@ def test_a_fleet_of_two_hosts(engines: tuple[Engine, ExtraEngine], tmp_path_fact
             assert not [v for v in second.names("volume") if v.startswith(stack.prefix)]
             assert first.exists("container", shell)
             assert ids(first, [shell])[shell] == before_first[shell]
+
+
+LIFETIME = 40  # seconds: the instance's runner-token lifetime; each runner resets its token at 75% of it
+
+
+def managers_polling(gitlab: GitLabDouble, token: str, since: float) -> set[str]:
+    """The system ids (runner managers) that polled with `token` at or after `since`."""
+    with gitlab.lock:
+        return {str(p.system_id) for p in gitlab.polls if p.token == token and p.at.timestamp() >= since}
+
+
+def runner_entry(config_toml: str, name: str) -> dict[str, Any]:
+    entry: dict[str, Any] = next(r for r in tomllib.loads(config_toml)["runners"] if r["name"] == name)
+    return entry
+
+
+def test_tokens_that_rotate_themselves_on_a_fleet(
+    engines: tuple[Engine, ExtraEngine], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Issue 18 item 1: with one token per host each host rotates its own and keeps polling past the
+    token's lifetime; one token on both hosts is rotated by neither, and its new token from the user
+    reaches both; `pulumi up` after the lifetime goes through and writes back no revoked token."""
+    first, extra = engines
+    second = extra.engine
+    base = base_image(first)
+    started = time.time()
+    with serve(API_TOKEN, token_lifetime=timedelta(seconds=LIFETIME)) as gitlab:
+        # What the stack creates with the gitlab provider, one GitLab runner per host, is brought along
+        # here (the provider cannot be built on these machines): runnerTokens.each.<host>.
+        each = {"local": gitlab.create_runner(), "build-2": gitlab.create_runner()}
+        shared = gitlab.create_runner()
+        hosts: list[dict[str, Any]] = [
+            {"name": "local", "host": first.host, "networkMode": "host"},
+            {"name": "build-2", "host": second.host, "networkMode": "host", "metricsPort": free_port()},
+        ]
+        runners: list[dict[str, Any]] = [
+            {"name": "each", "executor": "shell", "hosts": ["local", "build-2"]},
+            {"name": "shared", "executor": "shell", "hosts": ["local", "build-2"]},
+        ]
+        tokens: dict[str, Any] = {"each": {h: r.token for h, r in each.items()}, "shared": shared.token}
+        with docker_stack(
+            tmp_path_factory.mktemp("fleet-rotation"),
+            [first, second],
+            gitlab,
+            base,
+            runners=runners,
+            tokens=tokens,
+            hosts=hosts,
+        ) as stack:
+            up = stack.up()
+            assert up.summary.result == "succeeded"
+            assert "runnerTokens.shared is one token for 2 Docker hosts" in up.stdout + up.stderr
+            shell = "shell"
+            for engine, host in ((first, "local"), (second, "build-2")):
+                config = stack.config_toml(shell, engine)
+                own = runner_entry(config, "each")
+                assert own["token"] == each[host].token and own["token_expires_at"]
+                common = runner_entry(config, "shared")
+                assert common["feature_flags"] == {"FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True}
+                assert "token_expires_at" not in common  # no reset is ever scheduled for it
+            originals = {h: r.token for h, r in each.items()}
+
+            # At 75% of the lifetime each host resets its own runner's token; nobody resets the shared one.
+            each_ids = {r.id for r in each.values()}
+            wait_for(
+                "both hosts to rotate their own tokens",
+                lambda: {p.runner_id for p in gitlab.resets} >= each_ids,
+                seconds=LIFETIME + 30,
+            )
+            with gitlab.lock:
+                assert shared.id not in {p.runner_id for p in gitlab.resets}
+                assert sorted(p.runner_id for p in gitlab.resets if p.runner_id in each_ids) == sorted(each_ids)
+            for host, runner in each.items():
+                assert originals[host] in runner.revoked and runner.token != originals[host]
+            # Both hosts still poll with the shared token: neither cut the other off.
+            since = time.time()
+            wait_for(
+                "both hosts to poll with the shared token",
+                lambda: len(managers_polling(gitlab, shared.token, since)) == 2,
+                seconds=30,
+            )
+
+            # The user's rotation of the shared token (a new runner made in GitLab), before it expires.
+            renewed = gitlab.create_runner()
+            stack.set("runnerTokens", {**tokens, "shared": renewed.token}, secret=True)
+            assert stack.up().summary.result == "succeeded"
+
+            # Past the lifetime of every token the stack delivered first: every host still polls, each
+            # with its current token, and the new shared token on both.
+            time.sleep(max(0.0, started + LIFETIME + 2 - time.time()))
+            since = time.time()
+            for host, runner in each.items():
+                wait_for(
+                    f"{host} to poll with its current token",
+                    functools.partial(gitlab.polled_since, runner.token, since),
+                )
+            wait_for(
+                "both hosts to poll with the new shared token",
+                lambda: len(managers_polling(gitlab, renewed.token, since)) == 2,
+                seconds=30,
+            )
+            with gitlab.lock:
+                systems = {h: {p.system_id for p in gitlab.polls if p.runner_id == r.id} for h, r in each.items()}
+            assert len(systems["local"]) == 1 and systems["local"].isdisjoint(systems["build-2"])
+
+            # A settings change after the lifetime: it goes through, keeps what each runner holds, and
+            # never writes back a token the runner replaced.
+            before = {e.host: e.inspect("container", stack.container(shell))["Id"] for e in (first, second)}  # type: ignore[index]
+            stack.set("checkInterval", "2")
+            assert stack.up().summary.result == "succeeded"
+            for engine, host in ((first, "local"), (second, "build-2")):
+                config = stack.config_toml(shell, engine)
+                assert "check_interval = 2" in config
+                assert runner_entry(config, "each")["token"] == each[host].token
+                assert originals[host] not in config and shared.token not in config
+                assert runner_entry(config, "shared")["token"] == renewed.token
+                assert engine.inspect("container", stack.container(shell))["Id"] == before[engine.host]  # type: ignore[index]
+            with gitlab.lock:
+                assert renewed.id not in {p.runner_id for p in gitlab.resets}

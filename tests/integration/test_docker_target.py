@@ -2,8 +2,11 @@
 built from its source, a real Docker engine, the GitLab API double on 127.0.0.1 and the runner stand-in
 (a test double of gitlab-runner) in a base image laid out like the official one.
 
-The tests run in file order against one deployed stack (module fixtures); the last one destroys it,
-and the fixture destroys whatever is left even when a test failed.
+The tests share one stack (module fixtures) but each gets the state it needs from the `running`
+fixture, which brings the stack up when it is not, so they pass in any order and any selection; the
+fixture destroys whatever is left even when a test failed. The whole module runs twice: on the
+current engine (Docker 29, refusing API versions below 1.44) and on Debian's 20.10, the oldest engine
+the README claims.
 """
 
 from __future__ import annotations
@@ -36,7 +39,22 @@ class Deployment(DockerStack):
     """The module's stack on one engine, with the runners the API double made for it."""
 
     tokens: dict[str, str]
+    base: str
+    """The runner base image, also the docker runner's job image."""
     replaced_images: list[str] = field(default_factory=list)
+    deployed: bool = False
+
+    def up(self, **kwargs: Any) -> auto.UpResult:
+        result = super().up(**kwargs)
+        self.deployed = True
+        return result
+
+    def ensure_up(self) -> Deployment:
+        """The stack as the tests expect it: deployed with the tokens GitLab knows, every runner polling."""
+        if not self.deployed:
+            self.set("runnerTokens", self.tokens, secret=True)
+            self.up()
+        return self
 
     @property
     def engine(self) -> Engine:
@@ -51,8 +69,21 @@ class Deployment(DockerStack):
         return self.container("shell")
 
 
+@pytest.fixture(scope="module", params=["current", "20.10"])
+def target_engine(request: pytest.FixtureRequest) -> Engine:
+    current: Engine = request.getfixturevalue("engine")
+    legacy: Engine = request.getfixturevalue("legacy_engine")
+    if request.param == "20.10":
+        if current == legacy:
+            pytest.skip("the current engine is not built here: the module ran on 20.10 already")
+        return legacy
+    return current
+
+
 @pytest.fixture(scope="module")
-def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def deployment(target_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    engine = target_engine
+    print(f"docker engine under test: {engine.describe()}")
     base = base_image(engine)
     work = tmp_path_factory.mktemp("docker-target")
     project = new_project(work)
@@ -87,6 +118,7 @@ def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iter
             prefix=prefix,
             repository=repository,
             tokens=tokens,
+            base=base,
         )
         deployed.set(
             "docker",
@@ -100,7 +132,17 @@ def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iter
         )
         deployed.set(
             "runners",
-            [{"name": "e2e-docker", "executor": "docker", "limit": 2}, {"name": "e2e-shell", "executor": "shell"}],
+            [
+                # Job images come from the engine's own store: no registry is reachable here.
+                {
+                    "name": "e2e-docker",
+                    "executor": "docker",
+                    "limit": 2,
+                    "image": base,
+                    "pullPolicy": ["if-not-present"],
+                },
+                {"name": "e2e-shell", "executor": "shell"},
+            ],
         )
         try:
             yield deployed
@@ -116,6 +158,12 @@ def deployment(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iter
             engine.run("image", "rm", "-f", deployed.image, check=False)
             for image in deployed.replaced_images:
                 engine.run("image", "rm", image, check=False)
+
+
+@pytest.fixture()
+def running(deployment: Deployment) -> Deployment:
+    """The module's stack, brought up if no test has done so (or the last one destroyed it)."""
+    return deployment.ensure_up()
 
 
 def is_healthy(engine: Engine, container: str) -> bool:
@@ -163,8 +211,8 @@ def test_up_builds_the_image_and_each_runner_polls_with_its_own_token(deployment
         wait_for(f"{container} healthy", functools.partial(is_healthy, d.engine, container))
 
 
-def test_a_shell_job_runs_and_succeeds(deployment: Deployment) -> None:
-    d = deployment
+def test_a_shell_job_runs_and_succeeds(running: Deployment) -> None:
+    d = running
     marker = f"marker-{secrets.token_hex(4)}"
     job = d.gitlab.enqueue_job(d.tokens["e2e-shell"], [f"echo {marker}", "id -un", "jq --version"])
     wait_for("the shell job to finish", lambda: job.state in ("success", "failed"), seconds=60)
@@ -174,16 +222,46 @@ def test_a_shell_job_runs_and_succeeds(deployment: Deployment) -> None:
     assert "jq-1.6" in trace  # the extra package is in the image
 
 
-def test_a_second_up_changes_nothing(deployment: Deployment) -> None:
-    d = deployment
+def test_a_docker_job_runs_in_a_job_container_through_the_socket(running: Deployment) -> None:
+    """The docker executor's job runs in a container of its own on the host's engine, labelled as the
+    real runner labels it, and the container is removed afterwards."""
+    d = running
+    marker = f"marker-{secrets.token_hex(4)}"
+    script = [f"echo {marker}", "cat /etc/debian_version", "sleep 3"]
+    # The base image's own entrypoint is the runner's: cleared as users clear one in .gitlab-ci.yml.
+    job = d.gitlab.enqueue_job(d.tokens["e2e-docker"], script, image=d.base, entrypoint=[""])
+    seen: dict[str, str] = {}
+
+    def job_container() -> bool:
+        for line in d.engine.run(
+            "ps", "-a", "--filter", f"label=com.gitlab.gitlab-runner.job.id={job.id}", "--format", "{{.Names}}"
+        ).stdout.split():
+            seen["name"] = line
+        return bool(seen) or job.state in ("success", "failed")
+
+    wait_for("the job container", job_container, seconds=60, every=0.1)
+    wait_for("the docker job to finish", lambda: job.state in ("success", "failed"), seconds=90)
+    trace = bytes(job.trace).decode()
+    assert job.state == "success", trace
+    assert marker in trace and "Using Docker executor with image" in trace
+    assert seen.get("name", "").startswith("runner-") and seen["name"].endswith("-build"), seen
+    labelled = d.engine.run("ps", "-a", "--filter", f"label=com.gitlab.gitlab-runner.job.id={job.id}", "-q").stdout
+    assert labelled.strip() == "", "the job container is left behind"
+    # The shell runner has no socket, and its jobs still run (test_a_shell_job_runs_and_succeeds).
+    mounts = (d.engine.inspect("container", d.shell_container) or {}).get("Mounts", [])
+    assert not [m for m in mounts if m.get("Source", "").endswith("docker.sock")]
+
+
+def test_a_second_up_changes_nothing(running: Deployment) -> None:
+    d = running
     preview = d.stack.preview(color="never", expect_no_changes=True)
     assert preview.change_summary.get(auto.OpType.SAME)
     up = d.up(expect_no_changes=True)
     assert set(up.summary.resource_changes or {}) == {"same"}
 
 
-def test_a_settings_change_reaches_the_running_runner_without_replacing_it(deployment: Deployment) -> None:
-    d = deployment
+def test_a_settings_change_reaches_the_running_runner_without_replacing_it(running: Deployment) -> None:
+    d = running
     ids = {c: d.engine.inspect("container", c)["Id"] for c in (d.docker_container, d.shell_container)}  # type: ignore[index]
     # A job in flight on the shell runner must not be interrupted.
     job = d.gitlab.enqueue_job(d.tokens["e2e-shell"], ["sleep 8", "echo still-here"])
@@ -208,8 +286,8 @@ def test_a_settings_change_reaches_the_running_runner_without_replacing_it(deplo
     wait_for("a poll after the reload", lambda: d.gitlab.polled_since(d.tokens["e2e-shell"], since), seconds=30)
 
 
-def test_a_token_gitlab_refuses_fails_up_and_changes_nothing(deployment: Deployment) -> None:
-    d = deployment
+def test_a_token_gitlab_refuses_fails_up_and_changes_nothing(running: Deployment) -> None:
+    d = running
     before = d.config_toml("shell")
     tokens = {**d.tokens, "e2e-shell": "glrt-not-known-to-gitlab-12345"}
     d.set("runnerTokens", tokens, secret=True)
@@ -226,8 +304,8 @@ def test_a_token_gitlab_refuses_fails_up_and_changes_nothing(deployment: Deploym
     assert d.up().summary.result == "succeeded"
 
 
-def test_a_killed_runner_is_restarted_and_polls_again(deployment: Deployment) -> None:
-    d = deployment
+def test_a_killed_runner_is_restarted_and_polls_again(running: Deployment) -> None:
+    d = running
     before = d.engine.inspect("container", d.shell_container)
     assert before is not None
     subprocess.run(["kill", "-9", str(before["State"]["Pid"])], check=True)
@@ -241,15 +319,17 @@ def test_a_killed_runner_is_restarted_and_polls_again(deployment: Deployment) ->
     wait_for("a poll after the restart", lambda: d.gitlab.polled_since(d.tokens["e2e-shell"], since), seconds=60)
 
 
-def test_a_new_image_waits_for_the_running_job_then_takes_over(deployment: Deployment) -> None:
-    d = deployment
+def test_a_new_image_waits_for_the_running_job_then_takes_over(running: Deployment) -> None:
+    d = running
     old_id = d.engine.inspect("container", d.shell_container)["Id"]  # type: ignore[index]
     job = d.gitlab.enqueue_job(d.tokens["e2e-shell"], ["sleep 10", "echo finished-before-replacement"])
     wait_for("the job to start", lambda: job.state == "running", seconds=30)
     # The image it replaces loses its tag and stays, as with `docker build` by hand: the fixture removes it.
     d.replaced_images.append(d.engine.inspect("image", d.image)["Id"])  # type: ignore[index]
     docker = d.config("docker")
-    docker["image"]["extraPackages"] = []  # a different image: the runner containers are replaced
+    # A different image (jq stays, as the other tests expect): the runner containers are replaced.
+    packages = docker["image"]["extraPackages"]
+    docker["image"]["extraPackages"] = ["jq"] if "libonig5" in packages else ["jq", "libonig5"]
     d.set("docker", docker)
     up = d.up()
     assert up.summary.result == "succeeded"
@@ -261,8 +341,8 @@ def test_a_new_image_waits_for_the_running_job_then_takes_over(deployment: Deplo
     wait_for("the new container to poll", lambda: d.gitlab.polled_since(d.tokens["e2e-shell"], since), seconds=60)
 
 
-def test_no_token_in_outputs_state_inspect_history_or_engine_output(deployment: Deployment) -> None:
-    d = deployment
+def test_no_token_in_outputs_state_inspect_history_or_engine_output(running: Deployment) -> None:
+    d = running
     tokens = list(d.tokens.values())
     outputs = json.dumps({k: v.value for k, v in d.stack.outputs().items()})
     exported = exported_state(d.project, "e2e")
@@ -294,9 +374,10 @@ def test_no_token_in_outputs_state_inspect_history_or_engine_output(deployment: 
     assert "ciphertext" in exported
 
 
-def test_destroy_removes_what_the_stack_created_and_nothing_else(deployment: Deployment) -> None:
-    d = deployment
+def test_destroy_removes_what_the_stack_created_and_nothing_else(running: Deployment) -> None:
+    d = running
     result = d.stack.destroy(color="never")
+    d.deployed = False
     assert result.summary.result == "succeeded"
     containers = d.engine.names("container")
     volumes = d.engine.names("volume")

@@ -1,6 +1,7 @@
 """The Kubernetes target for real: `pulumi up`, a token change, a second preview and `pulumi destroy` of
-the prod example stack against a local control plane (tests/integration/local_cluster.py, with kwok's
-fake node so the runner pods are scheduled and become Ready), and `helm template` of the chart.
+the prod example stack against a local cluster (tests/integration/local_cluster.py) whose node runs the
+chart's runner pods (the runner stand-in, registering against the GitLab API double and polling it), or
+kwok's fake node where no node can run, and `helm template` of the chart.
 
 The chart is the official gitlab-runner archive where it is on disk (GITLAB_RUNNERS_CHART_ARCHIVE, else
 $CACHE/charts/gitlab-runner-<version>.tgz; never committed), else the stand-in chart in
@@ -12,11 +13,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
+import secrets
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +28,17 @@ from components.kubernetes_runner import RBAC_RULES, SECRETS_FINGERPRINT, chart_
 from components.settings import CHART_VERSION, parse_settings
 from tests.charts import chart_under_test, official_chart
 from tests.integration.conftest import ROOT, Project, exported_state, stack, with_existing_tokens
-from tests.integration.local_cluster import Cluster, local_cluster
+from tests.integration.kubernetes_stack import deployment_of, load_node_images, reachable_gitlab, wait_rolled_out
+from tests.integration.local_cluster import Cluster
+from tests.integration.tls import make_ca
 
-FAKE_TOKEN = "glrt-integration-fake-cluster-token"
-ROTATED_TOKEN = "glrt-integration-rotated-cluster-token"
+API_TOKEN = "glpat-" + secrets.token_hex(10)
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    bin_dir = os.environ.get("GITLAB_RUNNERS_CLUSTER_BIN")
-    if not bin_dir or not (Path(bin_dir) / "kube-apiserver").exists():
-        message = "no local control plane: set GITLAB_RUNNERS_CLUSTER_BIN=$(scripts/cluster-binaries)"
-        if os.environ.get("GITLAB_RUNNERS_REQUIRE_ENGINE") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    with local_cluster(Path(bin_dir), tmp_path_factory.mktemp("cluster")) as running:
-        yield running
+def job_image(cluster: Cluster) -> str:
+    """The runner image and the job image on the node (nothing to load with kwok)."""
+    return load_node_images(cluster)
 
 
 def prod_values(fingerprint: str = "0123456789abcdef") -> dict[str, Any]:
@@ -105,135 +100,120 @@ def test_the_official_chart_renders_what_the_runner_needs(tmp_path: Path) -> Non
     assert not re.search(r"glrt-[A-Za-z0-9_-]{8,}", rendered)  # the chart script mentions the prefix only
 
 
-def deployment_of(cluster: Cluster) -> dict[str, Any] | None:
-    found: dict[str, Any] | None = cluster.get(
-        "/apis/apps/v1/namespaces/gitlab/deployments/prod-k8s-runner-gitlab-runner"
-    )
-    return found
-
-
-def wait_rolled_out(cluster: Cluster, fingerprint: str, seconds: float = 120) -> dict[str, Any]:
-    """The Deployment's pods carry `fingerprint` and are all Ready."""
-    deadline = time.monotonic() + seconds
-    last: dict[str, Any] | None = None
-    while time.monotonic() < deadline:
-        last = deployment_of(cluster)
-        if last is not None:
-            template = last["spec"]["template"]["metadata"].get("annotations", {})
-            status = last.get("status", {})
-            if (
-                template.get(SECRETS_FINGERPRINT) == fingerprint
-                and status.get("updatedReplicas") == last["spec"]["replicas"]
-                and status.get("readyReplicas") == last["spec"]["replicas"]
-                and status.get("replicas") == last["spec"]["replicas"]
-            ):
-                return last
-        time.sleep(1)
-    raise AssertionError(f"the runner pods did not roll to fingerprint {fingerprint}: {last and last.get('status')}")
-
-
-def test_prod_stack_up_token_change_preview_destroy(project: Project, cluster: Cluster) -> None:
+def test_prod_stack_up_token_change_preview_destroy(project: Project, cluster: Cluster, job_image: str) -> None:
     chart, official = chart_under_test()
     # Something that is not ours, which destroy must leave alone; and the namespace the stack adopts.
     for name in ("bystander", "gitlab"):
         status, _ = cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
         assert status == 201
 
-    prod = stack(project, "prod")
-    # A runner that brings its own token cannot carry GitLab-side attributes (they are set in GitLab).
-    with_existing_tokens(prod, {"prod-k8s": FAKE_TOKEN})
-    kubernetes = json.loads(prod.get_config("gitlab-runners:kubernetes").value)
-    kubernetes["chart"] = {"path": str(chart)}
-    kubernetes["kubeconfig"] = str(cluster.kubeconfig)
-    prod.set_config("gitlab-runners:kubernetes", auto.ConfigValue(json.dumps(kubernetes)))
-    try:
-        up = prod.up(color="never")
-        assert up.summary.result == "succeeded"
-        assert up.summary.resource_changes == {"create": 6}, up.summary.resource_changes
+    with reachable_gitlab(cluster, API_TOKEN) as gitlab:
+        token, rotated = gitlab.create_runner().token, gitlab.create_runner().token
+        prod = stack(project, "prod")
+        # A runner that brings its own token cannot carry GitLab-side attributes (they are set in GitLab).
+        with_existing_tokens(prod, {"prod-k8s": token})
+        prod.set_config("gitlab-runners:gitlabUrl", auto.ConfigValue(gitlab.base_url))
+        kubernetes = json.loads(prod.get_config("gitlab-runners:kubernetes").value)
+        kubernetes["chart"] = {"path": str(chart)}
+        kubernetes["kubeconfig"] = str(cluster.kubeconfig)
+        prod.set_config("gitlab-runners:kubernetes", auto.ConfigValue(json.dumps(kubernetes)))
+        try:
+            started = time.time()
+            up = prod.up(color="never")
+            assert up.summary.result == "succeeded"
+            assert up.summary.resource_changes == {"create": 6}, up.summary.resource_changes
 
-        secret = cluster.get("/api/v1/namespaces/gitlab/secrets/prod-k8s-runner-token")
-        assert base64.b64decode(secret["data"]["runner-token"]).decode() == FAKE_TOKEN
-        assert base64.b64decode(secret["data"].get("runner-registration-token", "")) == b""
-        if official:
-            # The release waited for the runner pods (kwok marks them Ready).
-            rolled = wait_rolled_out(cluster, fingerprint(FAKE_TOKEN), seconds=30)
-            assert rolled["spec"]["replicas"] == 2
-            role = cluster.get(
-                "/apis/rbac.authorization.k8s.io/v1/namespaces/gitlab/roles/prod-k8s-runner-gitlab-runner"
+            secret = cluster.get("/api/v1/namespaces/gitlab/secrets/prod-k8s-runner-token")
+            assert base64.b64decode(secret["data"]["runner-token"]).decode() == token
+            assert base64.b64decode(secret["data"].get("runner-registration-token", "")) == b""
+            if official:
+                # The release waited for the runner pods (on the node: registered and polling).
+                rolled = wait_rolled_out(cluster, fingerprint(token), seconds=30)
+                assert rolled["spec"]["replicas"] == 2
+                role = cluster.get(
+                    "/apis/rbac.authorization.k8s.io/v1/namespaces/gitlab/roles/prod-k8s-runner-gitlab-runner"
+                )
+                assert all("*" not in r["resources"] + r["verbs"] for r in role["rules"])
+                if cluster.runs_pods:
+                    assert gitlab.polled_since(token, started), "the runner pods never polled GitLab"
+            else:
+                values = cluster.get("/api/v1/namespaces/gitlab/configmaps/prod-k8s-runner-values")["data"]
+                assert values["gitlabUrl"] == gitlab.base_url
+                assert values["runnerSecret"] == "prod-k8s-runner-token"
+                assert "[runners.kubernetes]" in values["config.toml"] and token not in values["config.toml"]
+
+            # Outputs, state and engine output: no token in plain text.
+            outputs = prod.outputs()
+            assert outputs["runners"].value["prod-k8s"] == {
+                "gitlabId": None,
+                "registration": "existing token",
+                "executor": "kubernetes",
+                "tags": None,
+                "release": "prod-k8s-runner",
+                "namespace": "gitlab",
+            }
+            state = exported_state(project, "prod")
+            assert token not in state
+            assert base64.b64encode(token.encode()).decode() not in state
+            assert "ciphertext" in state
+            assert token not in up.stdout + up.stderr
+
+            # A second run changes nothing.
+            prod.preview(color="never", expect_no_changes=True)
+
+            # A new token (a rotation, a runner re-created in GitLab) reaches the pods: they roll.
+            secret_uid = secret["metadata"]["uid"]
+            prod.set_config(
+                "gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps({"prod-k8s": rotated}), secret=True)
             )
-            assert all("*" not in r["resources"] + r["verbs"] for r in role["rules"])
-        else:
-            values = cluster.get("/api/v1/namespaces/gitlab/configmaps/prod-k8s-runner-values")["data"]
-            assert values["gitlabUrl"] == "https://gitlab.example.com"
-            assert values["runnerSecret"] == "prod-k8s-runner-token"
-            assert "[runners.kubernetes]" in values["config.toml"] and FAKE_TOKEN not in values["config.toml"]
-
-        # Outputs, state and engine output: no token in plain text.
-        outputs = prod.outputs()
-        assert outputs["runners"].value["prod-k8s"] == {
-            "gitlabId": None,
-            "registration": "existing token",
-            "executor": "kubernetes",
-            "tags": None,
-            "release": "prod-k8s-runner",
-            "namespace": "gitlab",
-        }
-        state = exported_state(project, "prod")
-        assert FAKE_TOKEN not in state
-        assert base64.b64encode(FAKE_TOKEN.encode()).decode() not in state
-        assert "ciphertext" in state
-        assert FAKE_TOKEN not in up.stdout + up.stderr
-
-        # A second run changes nothing.
-        prod.preview(color="never", expect_no_changes=True)
-
-        # A new token (a rotation, a runner re-created in GitLab) reaches the pods: they roll.
-        secret_uid = secret["metadata"]["uid"]
-        prod.set_config(
-            "gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps({"prod-k8s": ROTATED_TOKEN}), secret=True)
-        )
-        changed = prod.up(color="never")
-        changes: dict[str, int] = dict(changed.summary.resource_changes or {})  # type: ignore[arg-type]
-        assert changes.get("update") == 2 and not {"replace", "delete", "create"} & set(changes), changes
-        again = cluster.get("/api/v1/namespaces/gitlab/secrets/prod-k8s-runner-token")
-        assert again["metadata"]["uid"] == secret_uid
-        assert base64.b64decode(again["data"]["runner-token"]).decode() == ROTATED_TOKEN
-        if official:
-            wait_rolled_out(cluster, fingerprint(ROTATED_TOKEN), seconds=60)
-        assert ROTATED_TOKEN not in changed.stdout + changed.stderr
-    finally:
-        destroyed = prod.destroy(color="never")
-        prod.workspace.remove_stack("prod")
+            rolled_at = time.time()
+            changed = prod.up(color="never")
+            changes: dict[str, int] = dict(changed.summary.resource_changes or {})  # type: ignore[arg-type]
+            assert changes.get("update") == 2 and not {"replace", "delete", "create"} & set(changes), changes
+            again = cluster.get("/api/v1/namespaces/gitlab/secrets/prod-k8s-runner-token")
+            assert again["metadata"]["uid"] == secret_uid
+            assert base64.b64decode(again["data"]["runner-token"]).decode() == rotated
+            if official:
+                wait_rolled_out(cluster, fingerprint(rotated), seconds=60)
+                if cluster.runs_pods:
+                    assert gitlab.polled_since(rotated, rolled_at), "the rolled pods never polled with the new token"
+            assert rotated not in changed.stdout + changed.stderr
+        finally:
+            destroyed = prod.destroy(color="never")
+            prod.workspace.remove_stack("prod")
     assert destroyed.summary.result == "succeeded"
     deadline = time.monotonic() + 60
-    while deployment_of(cluster) is not None and time.monotonic() < deadline:
+    while deployment_of(cluster, "gitlab", "prod-k8s-runner") is not None and time.monotonic() < deadline:
         time.sleep(1)
-    assert deployment_of(cluster) is None
+    assert deployment_of(cluster, "gitlab", "prod-k8s-runner") is None
     assert cluster.get("/api/v1/namespaces/gitlab/secrets/prod-k8s-runner-token") is None
     # The adopted namespace and the bystander are not the stack's: both stay.
     assert cluster.get("/api/v1/namespaces/gitlab") is not None
     assert cluster.get("/api/v1/namespaces/bystander") is not None
 
 
-def test_a_namespace_the_stack_creates_goes_with_it(project: Project, cluster: Cluster) -> None:
+def test_a_namespace_the_stack_creates_goes_with_it(project: Project, cluster: Cluster, job_image: str) -> None:
     chart, _ = chart_under_test()
     prod = stack(project, "prod")
-    prod.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps({"prod-k8s": FAKE_TOKEN}), secret=True))
     kubernetes = {
         "namespace": "runners-owned",
         "createNamespace": True,
         "chart": {"path": str(chart)},
         "kubeconfig": str(cluster.kubeconfig),
     }
-    prod.set_config("gitlab-runners:kubernetes", auto.ConfigValue(json.dumps(kubernetes)))
-    prod.set_config("gitlab-runners:runners", auto.ConfigValue(json.dumps([{"name": "prod-k8s"}])))
-    try:
-        prod.up(color="never")
-        labels = cluster.get("/api/v1/namespaces/runners-owned")["metadata"]["labels"]
-        assert labels["app.kubernetes.io/part-of"] == "gitlab-runners"
-    finally:
-        prod.destroy(color="never")
-        prod.workspace.remove_stack("prod")
+    with reachable_gitlab(cluster, API_TOKEN) as gitlab:
+        token = gitlab.create_runner().token
+        prod.set_config("gitlab-runners:runnerTokens", auto.ConfigValue(json.dumps({"prod-k8s": token}), secret=True))
+        prod.set_config("gitlab-runners:gitlabUrl", auto.ConfigValue(gitlab.base_url))
+        prod.set_config("gitlab-runners:kubernetes", auto.ConfigValue(json.dumps(kubernetes)))
+        prod.set_config("gitlab-runners:runners", auto.ConfigValue(json.dumps([{"name": "prod-k8s"}])))
+        try:
+            prod.up(color="never")
+            labels = cluster.get("/api/v1/namespaces/runners-owned")["metadata"]["labels"]
+            assert labels["app.kubernetes.io/part-of"] == "gitlab-runners"
+        finally:
+            prod.destroy(color="never")
+            prod.workspace.remove_stack("prod")
     assert cluster.wait_gone("/api/v1/namespaces/runners-owned")
 
 
@@ -262,60 +242,72 @@ SERVICE_MONITOR_CRD = {
         ],
     },
 }
-CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBkubernetestestca\n-----END CERTIFICATE-----\n"
 
 
-def test_cache_ca_and_service_monitor_on_the_cluster(project: Project, cluster: Cluster) -> None:
+def test_cache_ca_and_service_monitor_on_the_cluster(
+    project: Project, cluster: Cluster, job_image: str, tmp_path: Path
+) -> None:
+    """GitLab behind a private CA: the CA and the cache credentials reach the pods as Secrets the chart
+    mounts, and on the node the runner verifies GitLab over HTTPS with exactly that CA."""
     chart, official = chart_under_test()
     status, _ = cluster.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", SERVICE_MONITOR_CRD)
     assert status in (201, 409)
     deadline = time.monotonic() + 30
     while cluster.get("/apis/monitoring.coreos.com/v1") is None and time.monotonic() < deadline:
         time.sleep(0.5)
-    prod = stack(project, "prod")
-    with_existing_tokens(prod, {"prod-k8s": FAKE_TOKEN})
-    kubernetes = json.loads(prod.get_config("gitlab-runners:kubernetes").value)
-    kubernetes.update(
-        namespace="runners-features",
-        createNamespace=True,
-        chart={"path": str(chart)},
-        kubeconfig=str(cluster.kubeconfig),
-        serviceMonitor={"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}},
-    )
-    prod.set_config("gitlab-runners:kubernetes", auto.ConfigValue(json.dumps(kubernetes)))
-    prod.set_config("gitlab-runners:gitlabUrl", auto.ConfigValue("https://gitlab.internal"))
-    prod.set_config("gitlab-runners:gitlabCa", auto.ConfigValue(json.dumps({"pem": CA_PEM})))
-    prod.set_config("gitlab-runners:metrics", auto.ConfigValue(json.dumps({"enabled": True})))
-    cache = {"type": "s3", "s3": {"bucketName": "runner-cache", "bucketLocation": "eu-west-1"}}
-    prod.set_config("gitlab-runners:cache", auto.ConfigValue(json.dumps(cache)))
-    secret_key = "k8s-cache-secret-value"
-    prod.set_config(
-        "gitlab-runners:cacheCredentials",
-        auto.ConfigValue(json.dumps({"accessKey": "AKIAK8S", "secretKey": secret_key}), secret=True),
-    )
-    try:
-        up = prod.up(color="never")
-        assert secret_key not in up.stdout + up.stderr
-        base = "/api/v1/namespaces/runners-features"
-        cache_secret = cluster.get(f"{base}/secrets/gitlab-runners-cache")
-        assert base64.b64decode(cache_secret["data"]["secretkey"]).decode() == secret_key
-        certs = cluster.get(f"{base}/secrets/gitlab-runners-certs")
-        assert base64.b64decode(certs["data"]["gitlab.internal.crt"]).decode() == CA_PEM
-        assert secret_key not in exported_state(project, "prod")
-        if official:
-            deployment = cluster.get(
-                "/apis/apps/v1/namespaces/runners-features/deployments/prod-k8s-runner-gitlab-runner"
-            )
-            volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-            sources = volumes["projected-secrets"]["projected"]["sources"]
-            assert any(s.get("secret", {}).get("name") == "gitlab-runners-cache" for s in sources)
-            assert volumes["custom-certs"]["secret"]["secretName"] == "gitlab-runners-certs"
-            monitors = cluster.get("/apis/monitoring.coreos.com/v1/namespaces/runners-features/servicemonitors")
-            (monitor,) = monitors["items"]
-            assert monitor["metadata"]["labels"]["release"] == "prometheus"
-            assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
-            assert cluster.get(f"{base}/services/prod-k8s-runner-gitlab-runner") is not None
-    finally:
-        prod.destroy(color="never")
-        prod.workspace.remove_stack("prod")
+    address = cluster.gateway or "127.0.0.1"
+    ca, cert, key = make_ca(tmp_path, "gitlab", ip=address)
+    with reachable_gitlab(cluster, API_TOKEN, tls=(str(cert), str(key))) as gitlab:
+        token = gitlab.create_runner().token
+        prod = stack(project, "prod")
+        with_existing_tokens(prod, {"prod-k8s": token})
+        kubernetes = json.loads(prod.get_config("gitlab-runners:kubernetes").value)
+        kubernetes.update(
+            namespace="runners-features",
+            createNamespace=True,
+            replicas=1,
+            chart={"path": str(chart)},
+            kubeconfig=str(cluster.kubeconfig),
+            serviceMonitor={"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}},
+        )
+        prod.set_config("gitlab-runners:kubernetes", auto.ConfigValue(json.dumps(kubernetes)))
+        prod.set_config("gitlab-runners:gitlabUrl", auto.ConfigValue(gitlab.base_url))
+        prod.set_config("gitlab-runners:gitlabCa", auto.ConfigValue(json.dumps({"file": str(ca)})))
+        prod.set_config("gitlab-runners:metrics", auto.ConfigValue(json.dumps({"enabled": True})))
+        cache = {"type": "s3", "s3": {"bucketName": "runner-cache", "bucketLocation": "eu-west-1"}}
+        prod.set_config("gitlab-runners:cache", auto.ConfigValue(json.dumps(cache)))
+        secret_key = "k8s-cache-secret-value"
+        prod.set_config(
+            "gitlab-runners:cacheCredentials",
+            auto.ConfigValue(json.dumps({"accessKey": "AKIAK8S", "secretKey": secret_key}), secret=True),
+        )
+        try:
+            started = time.time()
+            up = prod.up(color="never")
+            assert secret_key not in up.stdout + up.stderr
+            base = "/api/v1/namespaces/runners-features"
+            cache_secret = cluster.get(f"{base}/secrets/gitlab-runners-cache")
+            assert base64.b64decode(cache_secret["data"]["secretkey"]).decode() == secret_key
+            certs = cluster.get(f"{base}/secrets/gitlab-runners-certs")
+            assert base64.b64decode(certs["data"][f"{address}.crt"]).decode() == ca.read_text()
+            assert secret_key not in exported_state(project, "prod")
+            if official:
+                deployment = cluster.get(
+                    "/apis/apps/v1/namespaces/runners-features/deployments/prod-k8s-runner-gitlab-runner"
+                )
+                volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+                sources = volumes["projected-secrets"]["projected"]["sources"]
+                assert any(s.get("secret", {}).get("name") == "gitlab-runners-cache" for s in sources)
+                assert volumes["custom-certs"]["secret"]["secretName"] == "gitlab-runners-certs"
+                monitors = cluster.get("/apis/monitoring.coreos.com/v1/namespaces/runners-features/servicemonitors")
+                (monitor,) = monitors["items"]
+                assert monitor["metadata"]["labels"]["release"] == "prometheus"
+                assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
+                assert cluster.get(f"{base}/services/prod-k8s-runner-gitlab-runner") is not None
+                if cluster.runs_pods:
+                    # Only a runner that trusts the delivered CA can poll over HTTPS.
+                    assert gitlab.polled_since(token, started), "the runner pod never polled GitLab over HTTPS"
+        finally:
+            prod.destroy(color="never")
+            prod.workspace.remove_stack("prod")
     assert cluster.wait_gone("/api/v1/namespaces/runners-features")

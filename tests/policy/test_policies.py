@@ -6,6 +6,7 @@ volume the runner container mounts) and in the older one (config.toml uploaded i
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,14 @@ def runner_pair(
     return [resource(CONTAINER, sync, f"{kind}-sync", host), resource(CONTAINER, runner, f"{kind}-runner", host)]
 
 
+# The housekeeping container as components/docker_housekeeping.py makes it (its socket added per test).
+HOUSEKEEPING = {
+    "image": "docker:29.7.2-cli",
+    "networkMode": "none",
+    "readOnly": True,
+    "capabilities": {"drops": ["ALL"]},
+    "labels": [{"label": "io.gitlab-runners.role", "value": "housekeeping"}],
+}
 DOCKER_RUNNER = '[[runners]]\nname = "d"\nexecutor = "docker"\n[runners.docker]\nimage = "alpine:3.20.3"\n'
 PRIVILEGED_DOCKER_RUNNER = DOCKER_RUNNER + "privileged = true\n"
 SHELL_RUNNER = '[[runners]]\nname = "s"\nexecutor = "shell"\n'
@@ -182,6 +191,17 @@ class TestNoPrivilegedRunners:
     def test_privileged_jobs_with_allowance_pass(self) -> None:
         resources = runner_pair(PRIVILEGED_DOCKER_RUNNER, labels=ALLOW_PRIVILEGED)
         assert stack_violations(no_privileged_runners, resources) == []
+
+    def test_the_allowance_is_the_config_syncs(self) -> None:
+        """The program labels only the sync container (a label on the runner container would replace it
+        whenever allowPrivileged changes): its allowance counts, a stale one on the runner does not."""
+        sync, runner = runner_pair(PRIVILEGED_DOCKER_RUNNER, labels=ALLOW_PRIVILEGED)
+        runner.props["labels"] = []
+        assert stack_violations(no_privileged_runners, [sync, runner]) == []
+        sync, runner = runner_pair(PRIVILEGED_DOCKER_RUNNER, labels=ALLOW_PRIVILEGED)
+        sync.props["labels"] = []
+        found = stack_violations(no_privileged_runners, [sync, runner])
+        assert len(found) == 1 and found[0].startswith("docker-runner: runner d (config.toml from docker-sync)")
 
     def test_a_config_sync_read_by_no_runner_is_checked_itself(self) -> None:
         sync = runner_pair(PRIVILEGED_DOCKER_RUNNER)[0]
@@ -254,6 +274,29 @@ class TestDockerSocket:
     def test_unreadable_config_fails(self) -> None:
         found = stack_violations(docker_socket_only_for_docker_executor, runner_pair("not = [toml", socket=True))
         assert found and "(executors: unknown)" in found[0]
+
+    def test_the_housekeeping_container_may_use_the_socket(self) -> None:
+        props = {**HOUSEKEEPING, "volumes": [SOCKET_VOLUME]}
+        assert stack_violations(docker_socket_only_for_docker_executor, [resource(CONTAINER, props, "hk")]) == []
+
+    @pytest.mark.parametrize(
+        ("change", "problem"),
+        [
+            ({"networkMode": "bridge"}, "has network 'bridge', not 'none'"),
+            ({"networkMode": None}, "has network 'bridge', not 'none'"),
+            ({"uploads": config_upload(SHELL_RUNNER)}, "mounts a runner config or has files uploaded"),
+            ({"volumes": [SOCKET_VOLUME, config_volume("v")]}, "mounts a runner config or has files uploaded"),
+            ({"capabilities": {"drops": ["NET_RAW"]}}, "keeps Linux capabilities"),
+            ({"privileged": True}, "keeps Linux capabilities"),
+        ],
+    )
+    def test_a_container_only_labelled_housekeeping_fails(self, change: dict[str, Any], problem: str) -> None:
+        props = {**HOUSEKEEPING, "volumes": [SOCKET_VOLUME], **change}
+        found = stack_violations(docker_socket_only_for_docker_executor, [resource(CONTAINER, props, "hk")])
+        assert found == [
+            f"hk: mounts the Docker socket /var/run/docker.sock (root on the host) as the housekeeping container, "
+            f"but {problem}"
+        ]
 
     def test_old_layout_socket_for_docker_executor_passes(self) -> None:
         props = {"mounts": SOCKET, "uploads": config_upload(DOCKER_RUNNER)}
@@ -502,6 +545,20 @@ def policy_report(resources: list[dict[str, Any]]) -> dict[str, list[str]]:
 def test_example_stacks_pass_the_pack(stack: str) -> None:
     result = run_program(stack)
     assert result["error"] is None and result["resources"]
+    assert policy_report(result["resources"]) == {}
+
+
+def test_a_stack_with_housekeeping_and_the_web_terminal_passes_the_pack() -> None:
+    config = stack_config("dev")
+    docker = json.loads(config["gitlab-runners:docker"])
+    docker["housekeeping"] = {"enabled": True}
+    docker["hosts"][0]["sessionAddress"] = "ci.example.com"
+    config["gitlab-runners:docker"] = json.dumps(docker)
+    config["gitlab-runners:sessionServer"] = '{"enabled": true}'
+    result = run_program("dev", config={**config, "gitlab:token": FAKE_API_TOKEN})
+    assert result["error"] is None
+    names = {r["name"] for r in result["resources"] if r["typ"] == CONTAINER}
+    assert "docker-local-housekeeping-container" in names
     assert policy_report(result["resources"]) == {}
 
 

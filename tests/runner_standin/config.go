@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -95,8 +94,8 @@ func systemID(configFile string) (string, error) {
 // saveCredentials rewrites one runner's credentials in config.toml, keeping every other key, the way
 // the real runner saves its config after a token reset.
 func saveCredentials(path, token, newToken string, obtained, expires time.Time) error {
-	document := map[string]any{}
-	if _, err := toml.DecodeFile(path, &document); err != nil {
+	document, err := readDocument(path)
+	if err != nil {
 		return err
 	}
 	runners, _ := document["runners"].([]map[string]any)
@@ -112,13 +111,12 @@ func saveCredentials(path, token, newToken string, obtained, expires time.Time) 
 	if !found {
 		return fmt.Errorf("no runner with that token in %s", path)
 	}
-	var out bytes.Buffer
-	if err := toml.NewEncoder(&out).Encode(document); err != nil {
-		return err
-	}
-	tmp := path + ".standin-tmp"
-	if err := os.WriteFile(tmp, out.Bytes(), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return writeDocument(path, document)
+}
+
+// featureFlag is RunnerSettings.IsFeatureFlagOn for the flags this double knows (all off by default):
+// [runners.feature_flags] of config.toml.
+func (r RunnerConfig) featureFlag(name string) bool {
+	on, _ := r.FeatureFlags[name].(bool)
+	return on
 }

@@ -20,11 +20,27 @@ import (
 )
 
 type jobPayload struct {
-	ID         int64  `json:"id"`
-	Token      string `json:"token"`
+	ID      int64  `json:"id"`
+	Token   string `json:"token"`
+	JobInfo struct {
+		Name        string `json:"name"`
+		ProjectID   int64  `json:"project_id"`
+		ProjectName string `json:"project_name"`
+	} `json:"job_info"`
+	GitInfo struct {
+		RepoURL   string `json:"repo_url"`
+		Ref       string `json:"ref"`
+		Sha       string `json:"sha"`
+		BeforeSha string `json:"before_sha"`
+	} `json:"git_info"`
 	RunnerInfo struct {
 		Timeout int `json:"timeout"`
 	} `json:"runner_info"`
+	Image struct {
+		Name       string   `json:"name"`
+		Entrypoint []string `json:"entrypoint"`
+		PullPolicy []string `json:"pull_policy"`
+	} `json:"image"`
 	Variables []struct {
 		Key   string `json:"key"`
 		Value string `json:"value"`
@@ -34,6 +50,25 @@ type jobPayload struct {
 		Script  []string `json:"script"`
 		Timeout int      `json:"timeout"`
 	} `json:"steps"`
+	Credentials []struct {
+		Type     string `json:"type"`
+		URL      string `json:"url"`
+		Username string `json:"username"`
+		Password string `json:"password"`
+	} `json:"credentials"`
+
+	// slot is the build's ProjectRunnerID: the lowest number no other running build of the same runner
+	// and project holds (the "concurrent-<n>" of job resource names).
+	slot int
+}
+
+func (job *jobPayload) variable(key string) string {
+	for _, variable := range job.Variables {
+		if variable.Key == key {
+			return variable.Value
+		}
+	}
+	return ""
 }
 
 // trace collects a job's log and sends it to GitLab in increments, as the runner does.
@@ -106,21 +141,37 @@ func (m *manager) process(api *client, config *Config, runner RunnerConfig, job 
 	}()
 
 	state, reason, code := "success", "", 0
-	if runner.Executor != "shell" {
-		fmt.Fprintf(log, "ERROR: the %s executor runs no jobs in this test double (stand-in)\n", runner.Executor)
-		state, reason, code = "failed", "runner_system_failure", 1
-	} else if err := m.runShell(config, runner, job, log); err != nil {
-		var exit *exec.ExitError
-		switch {
-		case errors.As(err, &exit) && m.abort.Err() == nil:
-			fmt.Fprintf(log, "ERROR: Job failed: exit status %d\n", exit.ExitCode())
-			state, reason, code = "failed", "script_failure", exit.ExitCode()
-		default:
-			fmt.Fprintf(log, "ERROR: Job failed (system failure): %v\n", err)
-			state, reason, code = "failed", "runner_system_failure", 1
+	var err error
+	switch runner.Executor {
+	case "shell":
+		err = m.runShell(config, runner, job, log)
+	case "docker":
+		var status int
+		if status, err = m.runDocker(config, runner, job, log); err == nil && status != 0 {
+			err = scriptFailure(status)
 		}
-	} else {
+	case "kubernetes":
+		var status int
+		if status, err = m.runKubernetes(config, runner, job, log); err == nil && status != 0 {
+			err = scriptFailure(status)
+		}
+	default:
+		err = fmt.Errorf("the %s executor runs no jobs in this test double (stand-in)", runner.Executor)
+	}
+	var exit *exec.ExitError
+	var failed scriptFailure
+	switch {
+	case err == nil:
 		fmt.Fprintln(log, "Job succeeded")
+	case errors.As(err, &exit) && m.abort.Err() == nil:
+		fmt.Fprintf(log, "ERROR: Job failed: exit status %d\n", exit.ExitCode())
+		state, reason, code = "failed", "script_failure", exit.ExitCode()
+	case errors.As(err, &failed) && m.abort.Err() == nil:
+		fmt.Fprintf(log, "ERROR: Job failed: exit code %d\n", int(failed))
+		state, reason, code = "failed", "script_failure", int(failed)
+	default:
+		fmt.Fprintf(log, "ERROR: Job failed (system failure): %v\n", err)
+		state, reason, code = "failed", "runner_system_failure", 1
 	}
 	close(stop)
 	<-flushed
@@ -157,6 +208,11 @@ func (m *manager) finish(api *client, runner RunnerConfig, job *jobPayload, log 
 	}
 }
 
+// scriptFailure is a job script's non-zero exit code in a container.
+type scriptFailure int
+
+func (f scriptFailure) Error() string { return fmt.Sprintf("exit code %d", int(f)) }
+
 // runShell runs the job's script with the shell executor: as --user, in a build folder under
 // --working-directory, with the job's variables as its environment.
 func (m *manager) runShell(config *Config, runner RunnerConfig, job *jobPayload, log *trace) error {
@@ -175,18 +231,11 @@ func (m *manager) runShell(config *Config, runner RunnerConfig, job *jobPayload,
 	if err := os.MkdirAll(buildDir, 0o755); err != nil {
 		return err
 	}
-	var script strings.Builder
-	script.WriteString("set -e\n")
-	for _, step := range job.Steps {
-		for _, line := range step.Script {
-			fmt.Fprintf(&script, "echo %s\n%s\n", strconv.Quote("$ "+line), line)
-		}
-	}
 	shell := "/bin/sh"
 	if _, err := os.Stat("/bin/bash"); err == nil {
 		shell = "/bin/bash"
 	}
-	command := exec.CommandContext(ctx, shell, "-c", script.String())
+	command := exec.CommandContext(ctx, shell, "-c", jobScript(job))
 	command.Dir = buildDir
 	command.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "CI=true",
 		fmt.Sprintf("CI_JOB_ID=%d", job.ID), "CI_SERVER_URL=" + runner.URL, "CI_BUILDS_DIR=" + filepath.Join(workDir, "builds")}

@@ -113,6 +113,10 @@ class _CapturingMonitor(MockMonitor):
             if request.HasField("replacement_trigger")
             else None,
             "customTimeouts": json_format.MessageToDict(request.customTimeouts),
+            # Each alias by its name (an alias spec) or its URN.
+            "aliases": [a.spec.name or a.urn for a in request.aliases] + list(request.aliasURNs),
+            "ignoreChanges": list(request.ignoreChanges),
+            "replaceOnChanges": list(request.replaceOnChanges),
         }
         return super().RegisterResource(request)  # type: ignore[no-untyped-call]
 

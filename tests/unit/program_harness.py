@@ -53,6 +53,9 @@ def main() -> None:
         return {"State": {"Running": True, "Health": {"Status": "healthy", "Log": []}}}
 
     docker_health.inspect = healthy
+    from components import config_drift
+
+    config_drift.observe = lambda engine, container_name: config_drift.Observation(None, None)
 
     def run_main() -> None:
         runpy.run_path(str(program / "__main__.py"), run_name="__main__")

@@ -6,8 +6,10 @@ import tomllib
 from typing import Any
 
 import pulumi
+import pytest
 
 from components.docker_host import DockerHost, DockerHostArgs
+from components.docker_runner import LISTEN_ADDRESS_LABEL
 from components.kubernetes_runner import SECRETS_FINGERPRINT, KubernetesRunner, KubernetesRunnerArgs, fingerprint
 from components.runner_image import RunnerImage, RunnerImageArgs
 from components.runner_registration import RunnerRegistration, RunnerRegistrationArgs
@@ -125,6 +127,8 @@ def test_docker_runner_container_never_carries_the_config(mocks: RecordingMocks)
     assert runner["stopSignal"] == "SIGQUIT" and runner["stopTimeout"] == 3600
     assert runner["destroyGraceSeconds"] == 3600
     assert runner["privileged"] is False
+    # In the form the engine reads back, or `pulumi up --refresh` would replace the container.
+    assert runner["capabilities"] == {"drops": ["CAP_NET_RAW"]}
     # Nothing that changes with the settings: config.toml reaches the volume through the sync container.
     assert "uploads" not in runner and "envs" not in runner and "command" not in runner
     assert {"volumeName": "gitlab-runner-unit-docker-config", "containerPath": "/etc/gitlab-runner"} in runner[
@@ -141,7 +145,8 @@ def test_the_sync_container_carries_config_toml_as_a_secret(mocks: RecordingMock
     _docker_host(mocks, [{"name": "d", "executor": "docker"}])
     sync = _containers(mocks)["gitlab-runner-unit-docker-sync"]
     inputs = sync.inputs
-    assert inputs["attach"] is True and inputs["mustRun"] is False and inputs["logs"] is False
+    # Its output is kept (the script masks every token), as a secret, so that `up` tells a failure itself.
+    assert inputs["attach"] is True and inputs["mustRun"] is False and inputs["logs"] is True
     assert inputs["rm"] is False
     assert inputs["entrypoints"] == ["/bin/sh", "/gitlab-runners/sync-config"]
     assert any(p.startswith("uploads") for p in sync.secret_inputs), "config.toml must travel as a secret"
@@ -150,6 +155,69 @@ def test_the_sync_container_carries_config_toml_as_a_secret(mocks: RecordingMock
     config = tomllib.loads(staged["content"])
     assert config["runners"][0]["token"] == "glrt-d-unit" and config["runners"][0]["url"] == "https://gl.example"
     assert config["listen_address"] == "127.0.0.1:9252"
+
+
+def test_a_failed_sync_is_told_with_what_it_said() -> None:
+    from components.docker_runner import _check_sync
+
+    _check_sync(0, "gr-shell", "config sync: config.toml installed (1 runner(s))")
+    logs = (
+        "INFO:   Waiting before making the next call duration=1s method=POST status=502\n"
+        "config sync: the check of the new config.toml failed: GitLab answered 502 Bad Gateway (after the "
+        "runner's retries); nothing was changed\n"
+    )
+    with pytest.raises(pulumi.RunError) as caught:
+        _check_sync(1, "gr-shell", logs)
+    message = str(caught.value)
+    assert message.startswith(
+        "the config sync of gr-shell exited 1: the check of the new config.toml failed: GitLab answered 502 Bad "
+        "Gateway (after the runner's retries); nothing was changed. Once GitLab answers"
+    )
+    assert "run `pulumi up` again" in message and "`gr-shell-sync`" in message
+    with pytest.raises(pulumi.RunError, match="`docker logs gr-shell-sync` says why"):
+        _check_sync(1, "gr-shell", None)
+    lost = "config sync: GitLab refuses the stack's token of runner a (403 Forbidden) and ... set runnerTokens.a\n"
+    with pytest.raises(pulumi.RunError) as caught:
+        _check_sync(3, "gr-shell", lost)
+    assert str(caught.value).startswith("runner container gr-shell: GitLab refuses the stack's token of runner a")
+    assert "exited" not in str(caught.value)
+
+
+def test_up_says_what_a_failed_check_of_the_new_ca_said() -> None:
+    from components.docker_runner import _check_sync
+
+    _check_sync(0, "gr-shell", "config sync: config.toml installed (1 runner(s))")
+    said = (
+        "config sync: runner a: POST https://gl.example/api/v4/runners/verify: no answer (curl: (60) SSL "
+        "certificate problem: unable to get local issuer certificate): a gitlabUrl this host cannot reach, or "
+        "TLS failed; nothing was changed (config.toml and the CA in use stay as they were)\n"
+    )
+    with pytest.raises(pulumi.RunError) as caught:
+        _check_sync(1, "gr-shell", "glrt-[MASKED] verify log\n" + said)
+    message = str(caught.value)
+    assert message.startswith("the config sync of gr-shell exited 1: runner a: POST")
+    assert "SSL certificate problem" in message and "`gr-shell-sync`" in message
+
+
+def _runner_labels(mocks: RecordingMocks, name: str) -> dict[str, str]:
+    return {label["label"]: label["value"] for label in _containers(mocks)[name].inputs["labels"]}
+
+
+def test_a_new_metrics_address_replaces_the_runner_container_and_nothing_else(mocks: RecordingMocks) -> None:
+    """The runner binds listen_address only at start: the address is a label of the runner container (a
+    label change replaces a Docker container), never of its sync container or config volume."""
+    _docker_host(mocks, [{"name": "d", "executor": "docker"}, {"name": "s", "executor": "shell"}])
+    assert _runner_labels(mocks, "gitlab-runner-unit-docker")[LISTEN_ADDRESS_LABEL] == "127.0.0.1:9252"
+    assert _runner_labels(mocks, "gitlab-runner-unit-shell")[LISTEN_ADDRESS_LABEL] == "127.0.0.1:9253"
+    assert LISTEN_ADDRESS_LABEL not in _runner_labels(mocks, "gitlab-runner-unit-docker-sync")
+    volume = mocks.by_type("docker:index/volume:Volume")[0]
+    assert LISTEN_ADDRESS_LABEL not in {label["label"] for label in volume.inputs["labels"]}
+    mocks.resources.clear()
+    _docker_host(mocks, [{"name": "d", "executor": "docker"}], hosts=[{"metricsPort": 9400}])
+    assert _runner_labels(mocks, "gitlab-runner-unit-docker")[LISTEN_ADDRESS_LABEL] == "127.0.0.1:9400"
+    mocks.resources.clear()
+    _docker_host(mocks, [{"name": "d", "executor": "docker"}], hosts=[{"networkMode": "host"}])
+    assert _runner_labels(mocks, "gitlab-runner-unit-docker")[LISTEN_ADDRESS_LABEL] == "127.0.0.1:9252"
 
 
 def test_shell_runners_get_a_container_of_their_own_without_the_socket(mocks: RecordingMocks) -> None:
@@ -249,6 +317,22 @@ def test_kubernetes_runner(mocks: RecordingMocks) -> None:
     assert template["feature_flags"] == {"FF_DISABLE_AUTOMATIC_TOKEN_ROTATION": True}
     assert release.secret_inputs == []  # nothing secret in the values: the token lives in the Secret
     assert resolve(component.namespace).value == "ci-runners"
+
+
+def test_an_oci_chart_is_pulled_by_its_reference_not_through_an_index(mocks: RecordingMocks) -> None:
+    # Helm pulls an OCI chart by its full reference; a repository URL would make it fetch an index.yaml.
+    _kubernetes(mocks, chart={"repository": "oci://registry.example.com/charts/", "version": "0.85.0"})
+    for release in mocks.by_type("kubernetes:helm.sh/v3:Release"):
+        assert release.inputs["chart"] == "oci://registry.example.com/charts/gitlab-runner"
+        assert release.inputs["version"] == "0.85.0"
+        assert "repositoryOpts" not in release.inputs
+
+
+def test_a_chart_archive_on_disk_has_no_repository(mocks: RecordingMocks) -> None:
+    _kubernetes(mocks, chart={"path": "./charts/gitlab-runner-0.86.0.tgz"})
+    for release in mocks.by_type("kubernetes:helm.sh/v3:Release"):
+        assert release.inputs["chart"] == "./charts/gitlab-runner-0.86.0.tgz"
+        assert "repositoryOpts" not in release.inputs and "version" not in release.inputs
 
 
 def test_concurrency_is_per_manager_pod(mocks: RecordingMocks) -> None:

@@ -211,13 +211,27 @@ def test_ssh_hosts_use_the_providers_wait(mocks: RecordingMocks) -> None:
     assert GATE_ASKED == []
 
 
+def _release_wait(mocks: RecordingMocks) -> tuple[Any, Any, Any]:
+    (release,) = mocks.by_type("kubernetes:helm.sh/v3:Release")
+    return release.inputs.get("atomic"), release.inputs.get("skipAwait"), release.inputs.get("timeout")
+
+
 def test_kubernetes_gate_is_the_release_wait(mocks: RecordingMocks) -> None:
     kubernetes(settings("kubernetes", readiness={"timeoutSeconds": 120}))
-    (release,) = mocks.by_type("kubernetes:helm.sh/v3:Release")
-    assert release.inputs["skipAwait"] is False and release.inputs["timeout"] == 120
-    mocks.resources.clear()
-    kubernetes(settings("kubernetes", readiness={"enabled": False}))
-    assert mocks.by_type("kubernetes:helm.sh/v3:Release")[0].inputs["skipAwait"] is True
+    # Waits for ready pods, rolls back a release that does not get there, and uninstall waits too.
+    assert _release_wait(mocks) == (True, False, 120)
+
+
+def test_kubernetes_gate_off_waits_for_nothing(mocks: RecordingMocks) -> None:
+    # Helm's atomic turns its wait back on, and the provider's uninstall waits while atomic is set:
+    # skipping the await alone would change nothing.
+    kubernetes(settings("kubernetes", readiness={"enabled": False, "timeoutSeconds": 120}))
+    assert _release_wait(mocks) == (False, True, None)
+
+
+def _api(version: str) -> tuple[int, int]:
+    major, _, minor = version.partition(".")
+    return int(major), int(minor)
 
 
 class _FakeDockerApi(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -227,12 +241,37 @@ class _FakeDockerApi(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
 @pytest.fixture()
 def docker_api(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A Docker Engine API double on a unix socket, answering container inspects from `state`."""
-    state: dict[str, Any] = {"State": {"Running": True, "Health": {"Status": "starting", "Log": []}}}
+    state: dict[str, Any] = {
+        "State": {"Running": True, "Health": {"Status": "starting", "Log": []}},
+        # What the engine speaks (Docker 20.10 by default; tests set others), and the versions asked.
+        "api": ("1.12", "1.41"),
+        "asked": [],
+    }
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = json.dumps(state).encode()
-            self.send_response(200 if self.path.startswith("/v1.41/containers/") else 404)
+            oldest, newest = state["api"]
+            if self.path == "/version":
+                self._answer(200, {"Version": "test", "ApiVersion": newest, "MinAPIVersion": oldest})
+                return
+            version, _, rest = self.path[2:].partition("/")
+            state["asked"].append(version)
+            # As dockerd's version middleware answers a client outside its range.
+            if _api(version) < _api(oldest):
+                too_old = f"client version {version} is too old. Minimum supported API version is {oldest}"
+                self._answer(400, {"message": f"{too_old}, please upgrade your client to a newer version"})
+            elif _api(version) > _api(newest):
+                self._answer(
+                    400, {"message": f"client version {version} is too new. Maximum supported API version is {newest}"}
+                )
+            elif rest.startswith("containers/"):
+                self._answer(200, {"State": state["State"]})
+            else:
+                self._answer(404, {"message": "page not found"})
+
+        def _answer(self, status: int, answer: Any) -> None:
+            body = json.dumps(answer).encode()
+            self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -270,6 +309,34 @@ def test_the_gate_fails_naming_the_runners_and_what_it_saw(
     assert "GitLab has answered none of the runner's job requests yet" in message
     docker_api["State"]["Health"] = {"Status": "healthy", "Log": []}
     wait_healthy(Engine(docker_api["socket"]), "gitlab-runner-x-shell", ["a"], timeout=1, every=0.2)
+
+
+@pytest.mark.parametrize(
+    ("engine_api", "spoken"),
+    [
+        (("1.12", "1.41"), "1.41"),  # Docker 20.10
+        (("1.44", "1.52"), "1.52"),  # Docker 29.0-29.2, or DOCKER_MIN_API_VERSION=1.44
+        (("1.40", "1.54"), "1.54"),  # Docker 29.7
+        (("1.44", "1.60"), "1.54"),  # an engine newer than this gate: the newest version both know
+    ],
+)
+def test_the_gate_negotiates_the_api_version_with_each_engine(
+    docker_api: dict[str, Any], monkeypatch: pytest.MonkeyPatch, engine_api: tuple[str, str], spoken: str
+) -> None:
+    monkeypatch.setattr(docker_health, "inspect", REAL_INSPECT)
+    docker_api["api"] = engine_api
+    docker_api["State"]["Health"] = {"Status": "healthy", "Log": []}
+    wait_healthy(Engine(docker_api["socket"]), "gitlab-runner-x-shell", ["a"], timeout=2, every=0.2)
+    assert docker_api["asked"] == [spoken]
+
+
+def test_an_engine_whose_api_the_gate_cannot_speak_is_named(
+    docker_api: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(docker_health, "inspect", REAL_INSPECT)
+    docker_api["api"] = ("1.12", "1.39")  # Docker 19.03
+    with pytest.raises(pulumi.RunError, match=r"the engine speaks Docker API 1.12-1.39, this gate 1.40-1.54"):
+        wait_healthy(Engine(docker_api["socket"]), "gitlab-runner-x-shell", ["a"], timeout=0.5, every=0.2)
 
 
 # ---- explicit token rotation -----------------------------------------------------------------------

@@ -4,17 +4,26 @@ and what they render, under mocks."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from components.kubernetes_runner import rbac_rules
 from components.runner_config import render_chart_runner_toml, render_config_toml
 from components.settings import SettingsError, parse_settings
+from components.settings.model import Autoscaler, Runner
+from tests.standin_build import build_standin
 from tests.unit.test_program import FAKE_API_TOKEN, run_program, stack_config
 
+ROOT = Path(__file__).resolve().parents[2]
+
 AUTOSCALER = {
-    "plugin": "gitlab/fleeting-plugin-aws:1.0.0",
+    "plugin": "aws:1.0.0",
     "capacityPerInstance": 2,
     "maxUseCount": 10,
     "maxInstances": 5,
@@ -43,7 +52,7 @@ def test_docker_autoscaler_renders_its_autoscaler_section() -> None:
     assert runner["executor"] == "docker-autoscaler" and runner["docker"]["image"]  # jobs in containers
     autoscaler = runner["autoscaler"]
     assert (autoscaler["plugin"], autoscaler["capacity_per_instance"], autoscaler["max_instances"]) == (
-        "gitlab/fleeting-plugin-aws:1.0.0",
+        "aws:1.0.0",
         2,
         5,
     )
@@ -195,3 +204,73 @@ def test_another_job_namespace_with_cluster_wide_rbac() -> None:
     )
     section = tomllib.loads(render_chart_runner_toml(s.runners[0], "gitlab"))["runners"][0]["kubernetes"]
     assert section["namespace"] == "ci-jobs"
+
+
+def test_namespace_per_job_gets_the_namespaces_rule_and_only_that_runner() -> None:
+    """The kubernetes executor creates and deletes each job's namespace when namespacePerJob is on
+    (gitlab-runner docs, executors/kubernetes, API permissions); the other runners get no such rule."""
+    s = parse(
+        {
+            "target": "kubernetes",
+            "kubernetes": {"rbac": {"clusterWideAccess": True}},
+            "runners": [{"name": "per-job", "jobPods": {"namespacePerJob": True}}, {"name": "plain"}],
+        }
+    )
+    per_job, plain = (rbac_rules(runner) for runner in s.runners)
+    namespaces = [rule for rule in per_job if "namespaces" in rule["resources"]]
+    assert namespaces == [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["create", "delete"]}]
+    assert not [rule for rule in plain if "namespaces" in rule["resources"]]
+
+
+# ---- fleeting plugin references ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_standin(tmp_path_factory.mktemp("standin"))
+
+
+def fleeting_install(standin: Path, plugins: list[str], where: Path) -> subprocess.CompletedProcess[str]:
+    """`gitlab-runner fleeting install` as images/runner/Dockerfile runs it: one runner per plugin."""
+    config = where / "plugins.toml"
+    config.write_text(
+        "".join(
+            f'[[runners]]\nname = "{p}"\nurl = "https://gitlab.invalid"\ntoken = "none"\nexecutor = "instance"\n'
+            f'[runners.autoscaler]\nplugin = "{p}"\n\n'
+            for p in plugins
+        )
+    )
+    env = {**os.environ, "FLEETING_PLUGIN_PATH": str(where / "plugins")}
+    return subprocess.run(
+        [str(standin), "fleeting", "--config", str(config), "install"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def documented_plugins() -> set[str]:
+    """Every plugin reference the model, the error hints and the README show a user."""
+    found = {Autoscaler.model_fields["plugin"].examples[0]}
+    found.add(Runner.model_fields["autoscaler"].examples[0]["plugin"])
+    hint = problems({"target": "docker", "runners": [{"name": "a", "executor": "instance"}]})
+    readme = (ROOT / "README.md").read_text()
+    for text in (hint, readme):
+        found.update(re.findall(r"plugin: `?([a-z0-9][a-z0-9./-]*:[0-9.]+)", text))
+        found.update(re.findall(r"`autoscaler\.plugin`.*e\.g\. `([^`]+)`", text))
+    return found
+
+
+def test_the_documented_plugins_are_ones_fleeting_install_resolves(standin: Path, tmp_path: Path) -> None:
+    plugins = documented_plugins()
+    assert len(plugins) >= 1 and all(":" in p for p in plugins), plugins
+    done = fleeting_install(standin, sorted(plugins), tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_name_outside_gitlabs_plugin_repository_is_not_the_aws_plugin(standin: Path, tmp_path: Path) -> None:
+    # Resolved with the default registry, this is registry.gitlab.com/gitlab/fleeting-plugin-aws: no plugin is there.
+    done = fleeting_install(standin, ["gitlab/fleeting-plugin-aws:1.0.0"], tmp_path)
+    assert done.returncode == 1
+    assert "registry.gitlab.com/gitlab/fleeting-plugin-aws: repository not found" in done.stderr

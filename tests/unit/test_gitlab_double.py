@@ -220,3 +220,128 @@ def test_token_expiry_and_reset() -> None:
 def test_a_job_request_without_runner_info_is_a_bad_request(gitlab: GitLabDouble) -> None:
     token = create(gitlab)["token"]
     assert call(gitlab, "POST", "/api/v4/jobs/request", {"token": token})[0] == 400
+
+
+def test_an_outage_answers_every_call_with_its_status(gitlab: GitLabDouble) -> None:
+    runner = gitlab.create_runner()
+    gitlab.outage = 502
+    assert call(gitlab, "POST", "/api/v4/runners/verify", {"token": runner.token})[0] == 502
+    assert call(gitlab, "POST", "/api/v4/jobs/request", {"token": runner.token, "info": {}})[0] == 502
+    assert call(gitlab, "GET", "/api/v4/user", headers={"PRIVATE-TOKEN": API_TOKEN})[:2] == (
+        502,
+        {"message": "502 Bad Gateway"},
+    )
+    gitlab.outage = None
+    assert call(gitlab, "POST", "/api/v4/runners/verify", {"token": runner.token})[0] == 200
+
+
+def raw_call(double: GitLabDouble, path: str, body: dict[str, Any]) -> tuple[int, bytes, dict[str, str]]:
+    """A runner call whose answer may be no JSON (a proxy's page, a rate limiter's text)."""
+    request = urllib.request.Request(  # noqa: S310 - 127.0.0.1 only
+        f"{double.base_url}{path}", data=json.dumps(body).encode(), method="POST"
+    )
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), dict(error.headers)
+
+
+def test_faults_answer_the_runner_endpoints_named_for_a_while(gitlab: GitLabDouble) -> None:
+    import time
+
+    token = create(gitlab)["token"]
+    poll = {"token": token, "system_id": "s", "info": {}}
+    gitlab.fault(["request_job"], seconds=0.6, status=502)
+    status, body, headers = raw_call(gitlab, "/api/v4/jobs/request", poll)
+    assert status == 502 and b"502 Bad Gateway" in body and headers["Content-Type"] == "text/html"
+    # verify is not named: it answers as usual.
+    assert raw_call(gitlab, "/api/v4/runners/verify", {"token": token, "system_id": "s"})[0] == 200
+    gitlab.fault(["verify", "request_job"], seconds=5, status=429, retry_after=2)
+    status, body, headers = raw_call(gitlab, "/api/v4/runners/verify", {"token": token})
+    assert status == 429 and headers["Retry-After"] == "2" and body == b"Retry later\n"
+    gitlab.heal()
+    gitlab.fault(["verify"], seconds=0.6, status=500)
+    status, body, _ = raw_call(gitlab, "/api/v4/runners/verify", {"token": token})
+    assert status == 500 and json.loads(body) == {"message": "500 Internal Server Error"}
+    time.sleep(0.7)
+    assert raw_call(gitlab, "/api/v4/runners/verify", {"token": token})[0] == 200
+    assert raw_call(gitlab, "/api/v4/jobs/request", poll)[0] == 204
+    answered = [(a.endpoint, a.status, a.token) for a in gitlab.fault_answers]
+    assert answered == [("request_job", 502, token), ("verify", 429, token), ("verify", 500, token)]
+    assert [a.status for a in gitlab.answered_with_faults("verify")] == [429, 500]
+    # A late answer: held back, then answered as usual.
+    gitlab.fault(["verify"], seconds=5, delay=0.5)
+    started = time.monotonic()
+    assert raw_call(gitlab, "/api/v4/runners/verify", {"token": token})[0] == 200
+    assert time.monotonic() - started >= 0.5
+    with pytest.raises(ValueError, match="no such runner endpoint"):
+        gitlab.fault(["jobs"], seconds=1, status=500)
+
+
+def test_a_stream_of_jobs_is_bounded_and_goes_to_any_of_its_runners(gitlab: GitLabDouble) -> None:
+    import time
+
+    first, second = create(gitlab), create(gitlab)
+    stream = gitlab.stream_jobs([first["id"]], count=3, every=0.05, script=["true"], timeout=30)
+    deadline = time.monotonic() + 5
+    while stream.feeding and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(stream.jobs) == 3 and not stream.feeding
+    # Only its runners take its jobs; a runner added later (a rotation) takes the pending ones.
+    assert raw_call(gitlab, "/api/v4/jobs/request", {"token": second["token"], "info": {}})[0] == 204
+    status, body, _ = raw_call(gitlab, "/api/v4/jobs/request", {"token": first["token"], "info": {}})
+    assert status == 201 and json.loads(body)["id"] == stream.jobs[0].id
+    stream.runners.add(second["id"])
+    status, body, _ = raw_call(gitlab, "/api/v4/jobs/request", {"token": second["token"], "info": {}})
+    assert status == 201 and json.loads(body)["id"] == stream.jobs[1].id
+    assert stream.jobs[1].runner_id == second["id"]
+    assert stream.counts() == {
+        "enqueued": 3,
+        "handed_out": 2,
+        "finished": 0,
+        "lost": 0,
+        "dropped": 0,
+        "running": 2,
+        "pending": 1,
+    }
+    assert not stream.settled()
+    short = gitlab.stream_jobs([first["id"]], count=100, every=0.2, script=["true"], deadline=0.5)
+    time.sleep(1)
+    assert not short.feeding and 1 <= len(short.jobs) <= 4
+
+
+def test_a_job_nobody_finishes_is_failed_after_its_timeout() -> None:
+    import time
+
+    with serve(API_TOKEN, stuck_grace=0.2) as double:
+        token = create(double)["token"]
+        job = double.enqueue_job(token, ["sleep 100"], timeout=1)
+        status, body, _ = raw_call(double, "/api/v4/jobs/request", {"token": token, "info": {}})
+        assert status == 201 and job.state == "running"
+        assert double.running_jobs() == [job]
+        time.sleep(1.3)
+        assert double.running_jobs() == []
+        assert job.state == "failed" and job.failure_reason == "stuck_or_timeout_failure" and job.dropped
+        # The runner that comes back too late is told the job is no longer its.
+        late = {"token": json.loads(body)["token"], "state": "success"}
+        status, answer, headers = call(double, "PUT", f"/api/v4/jobs/{job.id}", late)
+        assert status == 403 and "not processing on runner" in answer["message"] and headers["Job-Status"] == "failed"
+        assert job.state == "failed"
+
+
+def test_token_lifetimes_by_runner_type() -> None:
+    from datetime import timedelta
+
+    with serve(API_TOKEN, token_lifetimes={"project_type": timedelta(minutes=5)}) as double:
+        instance = create(double)
+        project = create(double, runner_type="project_type", project_id=7)
+        assert instance["token_expires_at"] is None and project["token_expires_at"] is not None
+        status, reset, _ = call(
+            double, "POST", "/api/v4/runners/reset_authentication_token", {"token": project["token"]}
+        )
+        assert status == 201 and reset["token_expires_at"] is not None
+        assert double.accepts(reset["token"]) and not double.accepts(project["token"])
+        double.delete_runner(double.runners[instance["id"]])
+        assert not double.accepts(instance["token"]) and instance["id"] in double.deleted

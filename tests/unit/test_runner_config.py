@@ -76,6 +76,8 @@ def test_kubernetes_runner_full_and_chart_template() -> None:
         "pull_policy": ["always"],
         "cpu_request": "250m",
         "memory_limit": "1Gi",
+        # The architecture of the helper the runner pulls without a pin of its own (placement.py).
+        "node_selector": {"kubernetes.io/arch": "amd64"},
     }
     chart = tomllib.loads(render_chart_runner_toml(settings.runners[0], "ci"))
     entry = chart["runners"][0]

@@ -39,6 +39,17 @@ def test_kubernetes_defaults() -> None:
     assert settings.kubernetes.resources.limits and settings.kubernetes.resources.requests
 
 
+@pytest.mark.parametrize(
+    "kubernetes",
+    [
+        {"serviceAccount": {"create": False, "name": "ci-manager"}},  # an existing account, bound by the Role
+        {"serviceAccount": {"create": False}, "rbac": {"create": False}},  # the namespace's default account
+    ],
+)
+def test_service_accounts_the_chart_can_run_with(kubernetes: dict[str, Any]) -> None:
+    assert parse({"target": "kubernetes", "kubernetes": kubernetes}).kubernetes is not None
+
+
 def test_full_runner() -> None:
     settings = parse(
         {
@@ -234,6 +245,22 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "gitlab-runners:kubernetes.chart.version must be an exact release such as 1.2.3",
     ),
     (
+        "chart registry without a host",
+        {"target": "kubernetes", "kubernetes": {"chart": {"repository": "oci:///charts"}}},
+        "gitlab-runners:kubernetes.chart.repository must be an http(s) chart repository or an oci:// registry path",
+    ),
+    (
+        "chart registry with credentials",
+        {"target": "kubernetes", "kubernetes": {"chart": {"repository": "oci://ci:hunter2@registry.example.com/c"}}},
+        "gitlab-runners:kubernetes.chart.repository must be an http(s) chart repository or an oci:// registry path",
+    ),
+    (
+        "service account neither created nor named",
+        {"target": "kubernetes", "kubernetes": {"serviceAccount": {"create": False}}},
+        "gitlab-runners:kubernetes.serviceAccount.name is required with serviceAccount.create: false and "
+        "rbac.create: true",
+    ),
+    (
         "replicas",
         {"target": "kubernetes", "kubernetes": {"replicas": -1}},
         "gitlab-runners:kubernetes.replicas must be at least 0, got -1",
@@ -282,6 +309,12 @@ def test_several_problems_reported_together() -> None:
         parse({"target": "docker", "gitlabUrl": "nope", "runners": [{"name": "A", "limit": -1}]})
     keys = {p.key for p in caught.value.problems}
     assert {"gitlab-runners:gitlabUrl", "gitlab-runners:runners[0].name", "gitlab-runners:runners[0].limit"} <= keys
+
+
+def test_credentials_in_a_url_are_never_echoed() -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse({"target": "kubernetes", "kubernetes": {"chart": {"repository": "oci://ci:hunter2@registry.example/c"}}})
+    assert "hunter2" not in str(caught.value) and "registry.example/c" in str(caught.value)
 
 
 def test_secret_value_never_echoed_in_errors() -> None:

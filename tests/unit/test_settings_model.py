@@ -175,10 +175,15 @@ def test_secrets_in_a_stack_file_are_secure_values() -> None:
         "config": {
             "gitlab-runners:target": "docker",
             "gitlab:token": {"secure": "v1:abc"},
-            "gitlab-runners:runnerTokens": {"a": {"secure": "v1:def"}},
+            "gitlab-runners:runnerTokens": {"a": {"secure": "v1:def"}, "b": {"build-1": {"secure": "v1:ghi"}}},
+            "gitlab-runners:dockerTls": {"build-1": {"key": {"secure": "v1:jkl"}}},
         }
     }
     assert list(stack_file_validator().iter_errors(document)) == []
+    # A token in plain text, at either depth, is underlined.
+    for plain in ({"a": "glrt-plain"}, {"b": {"build-1": "glrt-plain"}}):
+        document["config"]["gitlab-runners:runnerTokens"] = plain
+        assert list(stack_file_validator().iter_errors(document)), plain
 
 
 # ---- properties over any YAML-shaped input ----------------------------------------------------------

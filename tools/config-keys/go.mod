@@ -1,0 +1,3 @@
+module gitlab-runners/tools/config-keys
+
+go 1.26
