@@ -1,11 +1,16 @@
 """One evaluation of a Pulumi program under mocks, in a process of its own, printing its time and peak
 memory as JSON. Run by benchmarks/program_cost.py; the root Stack exists once per process under mocks.
 
-    python -m benchmarks.mocked_program '{"program": "project"|"baseline", "target": ..., "runners": N, "hosts": H}'
+    python -m benchmarks.mocked_program '{"program": "project"|"baseline"|"handwritten", "target": ...,
+                                          "runners": N, "hosts": H}'
+
+It also says where the CPU time went: the modules the program imports (the SDKs included), for the
+project reading and validating its settings (`load_settings`), and the rest: registering the resources.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import os
 import resource
@@ -13,7 +18,9 @@ import runpy
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pulumi
@@ -21,7 +28,73 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 ROOT = Path(__file__).resolve().parents[1]
-PROGRAMS = {"project": ROOT / "__main__.py", "baseline": ROOT / "benchmarks" / "baseline" / "__main__.py"}
+PROGRAMS = {
+    "project": ROOT / "__main__.py",
+    "baseline": ROOT / "benchmarks" / "baseline" / "__main__.py",
+    "handwritten": ROOT / "benchmarks" / "handwritten" / "__main__.py",
+}
+SETTINGS = "components.settings"
+
+
+class Clock:
+    """Where a program's time goes, in CPU time: the modules it imports (wherever it imports them, each
+    counted once with what it imports in turn), and the project's `load_settings` call (wrapped when the
+    settings package is imported, before the program can import the name).
+
+    It stands in for the path finder (`install`), so that looking for a module costs what it did."""
+
+    def __init__(self) -> None:
+        self.importing = 0.0
+        self.depth = 0
+        self.settings = 0.0
+        self.settings_imports = 0.0
+        self.called = False
+        self.path_finder: Any = importlib.machinery.PathFinder
+
+    def install(self) -> None:
+        sys.meta_path[sys.meta_path.index(self.path_finder)] = self
+
+    def __getattr__(self, name: str) -> Any:
+        # invalidate_caches, find_distributions (importlib.metadata asks the finders): the path finder's.
+        return getattr(self.path_finder, name)
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        spec: importlib.machinery.ModuleSpec | None = self.path_finder.find_spec(fullname, path, target)
+        # Loaders of their own per module (source, bytecode, extension).
+        if spec is not None and isinstance(
+            spec.loader, importlib.machinery.SourceFileLoader | importlib.machinery.ExtensionFileLoader
+        ):
+            setattr(spec.loader, "exec_module", self.timed_import(fullname, spec.loader.exec_module))  # noqa: B010
+        return spec
+
+    def timed_import(self, name: str, execute: Callable[[ModuleType], None]) -> Callable[[ModuleType], None]:
+        def exec_module(module: ModuleType) -> None:
+            self.depth += 1
+            begun = time.process_time()
+            try:
+                execute(module)
+            finally:
+                self.depth -= 1
+                if self.depth == 0:
+                    self.importing += time.process_time() - begun
+            if name == SETTINGS:
+                setattr(module, "load_settings", self.timed_settings(module.load_settings))  # noqa: B010
+
+        return exec_module
+
+    def timed_settings(self, load: Callable[[], Any]) -> Callable[[], Any]:
+        def load_settings() -> Any:
+            self.called = True
+            imported, begun = self.importing, time.process_time()
+            try:
+                return load()
+            finally:
+                self.settings += time.process_time() - begun
+                self.settings_imports += self.importing - imported
+
+        return load_settings
 
 
 class Mocks(pulumi.runtime.Mocks):
@@ -81,15 +154,27 @@ def main() -> None:
     pulumi.runtime.set_all_config(config, ["gitlab:token"])
     pulumi.export = lambda name, value: None
     program = PROGRAMS[request["program"]]
-    started = time.perf_counter()
+    clock = Clock()
+    clock.install()
+    started, cpu_started = time.perf_counter(), time.process_time()
 
     def evaluate() -> None:
         runpy.run_path(str(program), run_name="__main__")
 
     _sync_await(run_pulumi_func(evaluate))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": elapsed, "peak_mib": peak_kib / 1024, "types": dict(mocks.types)}), flush=True)
+    settings = clock.settings - clock.settings_imports
+    result: dict[str, Any] = {
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "peak_mib": peak_kib / 1024,
+        "types": dict(mocks.types),
+        "phases": {"import": clock.importing, "registration": cpu - clock.importing - settings},
+    }
+    if clock.called:
+        result["phases"]["settings"] = settings
+    print(json.dumps(result), flush=True)
     # Straight out: the mocks' event loop, collected at exit, only prints noise about its closed pipe.
     os._exit(0)
 

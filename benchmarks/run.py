@@ -36,8 +36,8 @@ def show(value: Any, seconds: bool) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| benchmark | case | project | baseline | ratio | goal | met | peak memory (project / baseline) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| benchmark | case | project | baseline | ratio | goal | met | peak memory (project / baseline) | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         seconds = "program_bytes" not in row
@@ -50,7 +50,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         if "program_peak_mib" in row:
             peaks = f"{row['program_peak_mib']:.0f} / {row['baseline_peak_mib']:.0f} MiB"
             memory = f"{peaks} ({row['memory_ratio']:.2f}x)"
-        cells = [row["benchmark"], row["case"], project, baseline, ratio, goal, met, memory]
+        cells = [row["benchmark"], row["case"], project, baseline, ratio, goal, met, memory, row.get("note", "")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -5,11 +5,14 @@ insufficient_scope to `GET/PUT/DELETE /runners/:id`; `manage_runner` exists sinc
 `pulumi refresh`, every attribute change and `pulumi destroy` would fail and leave runners behind.
 So `pulumi up` asks GitLab which scopes the token has (`GET /api/v4/personal_access_tokens/self`) and
 stops, naming the missing ones, before the first runner is created. Where GitLab cannot say (an
-older instance, another kind of token) it warns and goes on.
+older instance, another kind of token) it warns and goes on. The question is asked from a worker
+thread while the program goes on (`checked_token_meanwhile`): only what needs the token waits for the
+answer. A preview asks nothing (components/providers.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -55,7 +58,20 @@ def missing_scopes(scopes: frozenset[str]) -> str | None:
 
 def checked_token(gitlab_url: str, token: str) -> str:
     """The token, once GitLab confirms its scopes; raises naming the fix otherwise."""
-    info = fetch_token_info(gitlab_url, token)
+    return judged_token(gitlab_url, token, fetch_token_info(gitlab_url, token))
+
+
+async def checked_token_meanwhile(gitlab_url: str, token: str) -> str:
+    """`checked_token`, with GitLab asked from a worker thread: the event loop goes on registering the
+    resources that do not need the token (the image, the volumes) while GitLab answers, where a blocking
+    call would hold every one of them for the round trip. The verdict (its warning or its error) is
+    given back on the event loop."""
+    info = await asyncio.get_running_loop().run_in_executor(None, fetch_token_info, gitlab_url, token)
+    return judged_token(gitlab_url, token, info)
+
+
+def judged_token(gitlab_url: str, token: str, info: TokenInfo) -> str:
+    """The token, if GitLab's answer `info` shows the scopes it needs; raises naming the fix otherwise."""
     if info.status == 401:
         raise pulumi.RunError(
             f"gitlab:token is not accepted by {gitlab_url} (401): expired, revoked or mistyped. "

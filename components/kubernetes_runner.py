@@ -322,20 +322,23 @@ class KubernetesRunner(pulumi.ComponentResource):
         labels = {"app.kubernetes.io/managed-by": "pulumi", "app.kubernetes.io/part-of": "gitlab-runners"}
         child = pulumi.ResourceOptions(parent=self)
 
+        # The namespace the objects go into: the created one's name (so they depend on it), else the name.
+        in_namespace: pulumi.Input[str]
         if settings.create_namespace:
             namespace = kubernetes.core.v1.Namespace(
                 f"{name}-namespace",
                 metadata=kubernetes.meta.v1.ObjectMetaArgs(name=settings.namespace, labels=labels),
                 opts=child,
             )
-            self.namespace = namespace.metadata.name
+            in_namespace = self.namespace = namespace.metadata.name
         else:
             # Not a resource of the stack: the namespace must exist (GitLab itself often lives there),
             # and destroy never deletes it.
+            in_namespace = settings.namespace
             self.namespace = pulumi.Output.from_input(settings.namespace)
 
         def metadata(secret_name: str) -> kubernetes.meta.v1.ObjectMetaArgs:
-            return kubernetes.meta.v1.ObjectMetaArgs(name=secret_name, namespace=self.namespace, labels=labels)
+            return kubernetes.meta.v1.ObjectMetaArgs(name=secret_name, namespace=in_namespace, labels=labels)
 
         secret_options = pulumi.ResourceOptions(parent=self, additional_secret_outputs=["data", "stringData"])
         depends: list[pulumi.Resource] = []
@@ -384,10 +387,15 @@ class KubernetesRunner(pulumi.ComponentResource):
             )
             # The values hold a hash of the credentials (to roll the pods when they change) and no
             # credential: deliberately not secret, so the release's values stay readable in the state.
-            values = pulumi.Output.unsecret(
-                pulumi.Output.all(secret.metadata.name, token, *(credentials[k] for k in sorted(credentials))).apply(
-                    functools.partial(self._values, runner, args, extras)
+            # Only the hash is made from secrets: the SDK walks every value an Output holds, each time
+            # one is made from another, and the values are large.
+            secrets_fingerprint = pulumi.Output.unsecret(
+                pulumi.Output.all(token, *(credentials[k] for k in sorted(credentials))).apply(
+                    lambda parts: fingerprint(*parts)
                 )
+            )
+            values = pulumi.Output.all(secret.metadata.name, secrets_fingerprint).apply(
+                functools.partial(self._values, runner, args, extras)
             )
             release = kubernetes.helm.v3.Release(
                 f"{name}-{runner.name}",
@@ -397,7 +405,7 @@ class KubernetesRunner(pulumi.ComponentResource):
                 repository_opts=kubernetes.helm.v3.RepositoryOptsArgs(repo=settings.chart.index_repository)
                 if settings.chart.index_repository
                 else None,
-                namespace=self.namespace,
+                namespace=in_namespace,
                 values=values,
                 cleanup_on_fail=True,
                 atomic=wait.atomic,
@@ -410,8 +418,7 @@ class KubernetesRunner(pulumi.ComponentResource):
 
     @staticmethod
     def _values(runner: Runner, args: KubernetesRunnerArgs, extras: ChartExtras, parts: list[str]) -> dict[str, Any]:
-        secret_name, *credentials = parts
-        secrets_fingerprint = fingerprint(*credentials)
+        secret_name, secrets_fingerprint = parts
         return chart_values(
             runner,
             args.settings,

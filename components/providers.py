@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import pulumi
-import pulumi_kubernetes as kubernetes
 
-from components.gitlab_access import checked_token
+from components.gitlab_access import checked_token_meanwhile
 from components.settings import KubernetesTarget, Secrets, Settings
 
 if TYPE_CHECKING:
     import pulumi_gitlab as gitlab
+    import pulumi_kubernetes as kubernetes
 
 
 def gitlab_provider(settings: Settings, secrets: Secrets) -> gitlab.Provider | None:
     """The GitLab API provider, or None when every runner brings its own token.
 
-    On `pulumi up` its token passes through the scope check first, so no runner is created with a token
-    that could not delete it again. A preview contacts no GitLab.
+    On `pulumi up` its token passes through the scope check first (asked while the rest of the program
+    goes on), so no runner is created with a token that could not delete it again. A preview contacts
+    no GitLab.
     """
     if not settings.runners_to_create:
         return None
@@ -28,7 +30,7 @@ def gitlab_provider(settings: Settings, secrets: Secrets) -> gitlab.Provider | N
 
     token = secrets.gitlab_token
     if token is not None and not pulumi.runtime.is_dry_run():
-        token = pulumi.Output.secret(token.apply(lambda value: checked_token(settings.gitlab_url, value)))
+        token = pulumi.Output.secret(token.apply(functools.partial(checked_token_meanwhile, settings.gitlab_url)))
     return gitlab.Provider(
         "gitlab",
         base_url=f"{settings.gitlab_url}/api/v4/",
@@ -40,6 +42,9 @@ def gitlab_provider(settings: Settings, secrets: Secrets) -> gitlab.Provider | N
 
 def kubernetes_provider(kubernetes_settings: KubernetesTarget) -> kubernetes.Provider:
     """The cluster from the stack's kubeconfig/context (else the ambient kubeconfig)."""
+    # Imported here: a Docker stack never loads the kubernetes SDK.
+    import pulumi_kubernetes as kubernetes
+
     return kubernetes.Provider(
         "kubernetes",
         kubeconfig=kubernetes_settings.kubeconfig,

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import pulumi
-from pydantic import ValidationError
 
 from components.settings import rules
 from components.settings.model import (
@@ -40,6 +39,7 @@ from components.settings.resolve import (
     resolve_runners,
 )
 from components.settings.secrets import DockerTls, Secrets, read_secrets, stack_values
+from components.settings.section import validate
 
 __all__ = [
     "CHART_REPOSITORY",
@@ -91,10 +91,17 @@ def parse_settings(
     for section in ("docker", "kubernetes"):
         if target is not None and section != target:
             data.pop(section, None)
-    try:
-        config = StackConfig.model_validate(data)
-    except ValidationError as error:
-        raise SettingsError([*problems, *from_validation_error(error, target)]) from None
+    config = validate(StackConfig, data)
+    if config is None:
+        # Not a config the quick check accepts: pydantic decides, and its report names the keys.
+        from pydantic import ValidationError
+
+        from components.settings import pydantic_model
+
+        try:
+            config = pydantic_model.validate(StackConfig, data)
+        except ValidationError as error:
+            raise SettingsError([*problems, *from_validation_error(error, target)]) from None
     context = rules.Context(
         existing_token_names=existing_token_names,
         host_tokens=host_tokens,

@@ -1,19 +1,16 @@
-"""The stack config as one declared model (pydantic v2).
+"""The stack config, declared once.
 
 Types, ranges, patterns, defaults, examples and the one-line documentation of every key live here.
-The JSON Schema in schemas/ and the README's configuration reference are generated from these
-classes, and the settings error messages take their examples from them. Rules that span several keys
-are in rules.py; defaults that depend on the stack's name or on other keys are filled in by resolve.py.
+Every preview and up checks the stack's config against these classes (section.py); the JSON Schema in
+schemas/, the README's configuration reference and the wording of settings errors come from pydantic
+models built from them when needed (pydantic_model.py). Rules that span several keys are in rules.py;
+defaults that depend on the stack's name or on other keys are filled in by resolve.py.
 """
-
-from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
-from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
+from components.settings.section import Bounds, Chars, Check, Invalid, Section, key
 
 PROJECT = "gitlab-runners"
 
@@ -116,20 +113,20 @@ ONE_DAY = 86_400
 ONE_MONTH = 2_629_746  # GitLab's longest job timeout
 MAX_ID = 2_147_483_647  # GitLab ids are 32-bit integers
 
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-PinnedImage = Annotated[str, StringConstraints(pattern=PINNED_IMAGE_PATTERN)]
-Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
-Version = Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]
-Tag = Annotated[str, StringConstraints(pattern=TAG_PATTERN)]
-Package = Annotated[str, StringConstraints(pattern=PACKAGE_PATTERN)]
-Volume = Annotated[str, StringConstraints(pattern=VOLUME_PATTERN)]
-AbsolutePath = Annotated[str, StringConstraints(pattern=ABSOLUTE_PATH_PATTERN)]
-LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN)]
-LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN)]
-Text = Annotated[str, StringConstraints(max_length=1024)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, min_length=2)]
-Age = Annotated[str, StringConstraints(pattern=AGE_PATTERN, min_length=2, max_length=32)]
+Name = Annotated[str, Chars(pattern=NAME_PATTERN)]
+PinnedImage = Annotated[str, Chars(pattern=PINNED_IMAGE_PATTERN)]
+Quantity = Annotated[str, Chars(pattern=QUANTITY_PATTERN)]
+Version = Annotated[str, Chars(pattern=VERSION_PATTERN)]
+Tag = Annotated[str, Chars(pattern=TAG_PATTERN)]
+Package = Annotated[str, Chars(pattern=PACKAGE_PATTERN)]
+Volume = Annotated[str, Chars(pattern=VOLUME_PATTERN)]
+AbsolutePath = Annotated[str, Chars(pattern=ABSOLUTE_PATH_PATTERN)]
+LabelKey = Annotated[str, Chars(pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, Chars(pattern=LABEL_VALUE_PATTERN)]
+Text = Annotated[str, Chars(max_length=1024)]
+Port = Annotated[int, Bounds(ge=1, le=65535)]
+Duration = Annotated[str, Chars(pattern=DURATION_PATTERN, min_length=2)]
+Age = Annotated[str, Chars(pattern=AGE_PATTERN, min_length=2, max_length=32)]
 
 
 def seconds(duration: str) -> int:
@@ -153,7 +150,7 @@ LogLevel = Literal["debug", "info", "warn", "error", "fatal", "panic"]
 # The helper image flavours runner 18.9.0 publishes (docs/configuration/advanced-configuration.md).
 HelperFlavor = Literal["alpine", "alpine3.21", "alpine-latest", "ubuntu", "ubi-fips"]
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""]
-TolerationKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")]
+TolerationKey = Annotated[str, Chars(pattern=r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")]
 EXECUTORS: dict[str, tuple[str, ...]] = {
     "docker": ("docker", "shell", "docker-autoscaler", "instance"),
     "kubernetes": ("kubernetes",),
@@ -173,43 +170,21 @@ def check_gitlab_url(url: str) -> str:
     try:
         port = parts.port
     except ValueError:
-        raise PydanticCustomError("url_port", f'has a port that is not a number from 1 to 65535, got "{url}"') from None
+        raise Invalid("url_port", f'has a port that is not a number from 1 to 65535, got "{url}"') from None
     if port == 0:
-        raise PydanticCustomError("url_port", f'has a port that is not a number from 1 to 65535, got "{url}"')
+        raise Invalid("url_port", f'has a port that is not a number from 1 to 65535, got "{url}"')
     if "/api/v4" in parts.path.rstrip("/") + "/":
-        raise PydanticCustomError(
-            "url_api", "must be the instance's address without /api/v4 (the API path is added for you)"
-        )
+        raise Invalid("url_api", "must be the instance's address without /api/v4 (the API path is added for you)")
     return url.rstrip("/")
-
-
-def key(default: Any, example: Any, doc: str, **constraints: Any) -> Any:
-    """A config key: its default, one example of a right value, and what it does."""
-    return Field(default, description=doc, examples=[example], **constraints)
-
-
-class Section(BaseModel):
-    """Every part of the stack config: camelCase keys, unknown keys refused, no type coercion."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        frozen=True,
-        alias_generator=to_camel,
-        validate_by_alias=True,
-        validate_by_name=False,
-        regex_engine="python-re",
-        use_attribute_docstrings=False,
-    )
 
 
 class AutoscalerPolicy(Section):
     """When and how many idle instances to keep (a taskscaler policy)."""
 
-    periods: list[Annotated[str, StringConstraints(pattern=CRON_PATTERN)]] = key(
+    periods: list[Annotated[str, Chars(pattern=CRON_PATTERN)]] = key(
         ["* * * * *"], ["* 8-18 * * mon-fri"], "cron periods the policy applies in", min_length=1, max_length=32
     )
-    timezone: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+/-]{1,64}$")] | None = key(
+    timezone: Annotated[str, Chars(pattern=r"^[A-Za-z0-9_+/-]{1,64}$")] | None = key(
         None, "Europe/Berlin", "time zone of the periods; default UTC"
     )
     idle_count: int = key(0, 2, "idle capacity (job slots) to keep ready", ge=0, le=MAX_JOBS)
@@ -224,7 +199,7 @@ class ConnectorConfig(Section):
     os: Literal["linux", "windows", "darwin"] = key("linux", "linux", "the instances' OS")
     arch: Literal["amd64", "arm64"] = key("amd64", "arm64", "the instances' architecture")
     protocol: Literal["ssh", "winrm", "winrm+https"] = key("ssh", "ssh", "how to connect")
-    username: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = key(
+    username: Annotated[str, Chars(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = key(
         ..., "ec2-user", "the user the runner logs in as"
     )
     use_static_credentials: bool = key(False, False, "use key_path instead of the plugin's credentials")
@@ -237,7 +212,7 @@ class ConnectorConfig(Section):
 class Autoscaler(Section):
     """`[runners.autoscaler]` for the docker-autoscaler and instance executors."""
 
-    plugin: Annotated[str, StringConstraints(pattern=PLUGIN_PATTERN)] = key(
+    plugin: Annotated[str, Chars(pattern=PLUGIN_PATTERN)] = key(
         ...,
         EXAMPLE_PLUGIN,
         "the fleeting plugin at an exact release, installed into the image by `gitlab-runner fleeting install`: "
@@ -247,7 +222,7 @@ class Autoscaler(Section):
     capacity_per_instance: int = key(1, 2, "jobs an instance runs at once", ge=1, le=1000)
     max_use_count: int = key(0, 10, "jobs an instance runs before it is replaced; 0: no limit", ge=0, le=1_000_000)
     max_instances: int = key(..., 10, "the most instances at once (bounds the cost)", ge=1, le=MAX_JOBS)
-    plugin_config: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,64}$")], Any] = key(
+    plugin_config: dict[Annotated[str, Chars(pattern=r"^[A-Za-z0-9_]{1,64}$")], Any] = key(
         {}, {"name": "runner-asg", "region": "eu-west-1"}, "the plugin's own settings (its documentation)"
     )
     connector_config: ConnectorConfig = key(..., {"username": "ec2-user"}, "how the runner reaches an instance")
@@ -272,7 +247,7 @@ class JobPods(Section):
     max_memory_limit: Quantity | None = key(None, "8Gi", "the most memory a job may ask for (KUBERNETES_MEMORY_LIMIT)")
     max_cpu_request: Quantity | None = key(None, "2", "the largest CPU request a job may set")
     max_memory_request: Quantity | None = key(None, "4Gi", "the largest memory request a job may set")
-    helper_image: Annotated[str, StringConstraints(pattern=HELPER_IMAGE_PATTERN, max_length=512)] | None = key(
+    helper_image: Annotated[str, Chars(pattern=HELPER_IMAGE_PATTERN, max_length=512)] | None = key(
         None,
         "registry.example.com/gitlab-org/gitlab-runner/gitlab-runner-helper",
         "a mirror of the helper image: a repository, to which the stack adds the tag the runner would pull "
@@ -371,7 +346,7 @@ class Metrics(Section):
         METRICS_PORT,
         "Kubernetes: the chart's metrics port; Docker: the docker-executor container's, +1 for shell",
     )
-    host_address: Annotated[str, StringConstraints(pattern=IP_PATTERN)] = key(
+    host_address: Annotated[str, Chars(pattern=IP_PATTERN)] = key(
         "127.0.0.1",
         "0.0.0.0",  # noqa: S104 - an example value
         "Docker only: the host address the metrics port is published on (listened on, in host mode)",
@@ -393,7 +368,7 @@ class SessionServer(Section):
     session_timeout: int = key(
         1800, 600, "seconds a terminal stays open after its job ends (the job waits for it)", ge=1, le=ONE_DAY
     )
-    host_address: Annotated[str, StringConstraints(pattern=IP_PATTERN)] = key(
+    host_address: Annotated[str, Chars(pattern=IP_PATTERN)] = key(
         "0.0.0.0",  # noqa: S104 - GitLab must reach it
         "10.0.0.5",
         "Docker only: the host address the session port is published on (listened on, in host mode)",
@@ -411,7 +386,7 @@ class ImageBuild(Section):
         "pinned base; default `gitlab/gitlab-runner:<flavor>-v<runnerVersion>`",
     )
     extra_packages: list[Package] = key([], ["python3", "py3-pip"], "packages installed with apk or apt", max_length=64)
-    repository: Annotated[str, StringConstraints(pattern=REPOSITORY_PATTERN)] | None = key(
+    repository: Annotated[str, Chars(pattern=REPOSITORY_PATTERN)] | None = key(
         None, "gitlab-runners/runner", "local image repository, never pushed; default `gitlab-runners/<stack>-runner`"
     )
 
@@ -429,7 +404,7 @@ class DockerHost(Section):
     """One Docker host: its own provider, image build, config volumes and runner containers."""
 
     name: Name = key("local", "build-1", "names the host's resources; unique")
-    host: Annotated[str, StringConstraints(pattern=DOCKER_HOST_PATTERN)] = key(
+    host: Annotated[str, Chars(pattern=DOCKER_HOST_PATTERN)] = key(
         DEFAULT_DOCKER_HOST, "ssh://deploy@build-1.example.com", "the host's explicit docker provider connects here"
     )
     socket_path: AbsolutePath | None = key(
@@ -441,12 +416,12 @@ class DockerHost(Section):
     network_mode: Literal["bridge", "host"] = key(
         "bridge", "host", "`host` lets the runner reach services on the host's loopback"
     )
-    platform: Annotated[str, StringConstraints(pattern=PLATFORM_PATTERN)] | None = key(
+    platform: Annotated[str, Chars(pattern=PLATFORM_PATTERN)] | None = key(
         None,
         "linux/arm64",
         "platform of the runner image; default the machine running pulumi's (set it for remote hosts of another)",
     )
-    cert_path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
+    cert_path: Annotated[str, Chars(min_length=1, max_length=4096)] | None = key(
         None,
         "~/.docker/build-1",
         "tcp:// only: folder with ca.pem, cert.pem and key.pem for TLS (or the secret dockerTls)",
@@ -454,10 +429,10 @@ class DockerHost(Section):
     metrics_port: Port | None = key(
         None, 9352, "this host's first metrics port, if not metrics.port (two hosts sharing a network)"
     )
-    ssh_opts: list[Annotated[str, StringConstraints(min_length=1, max_length=1024)]] = key(
+    ssh_opts: list[Annotated[str, Chars(min_length=1, max_length=1024)]] = key(
         [], ["-o", "StrictHostKeyChecking=yes"], "ssh:// only: extra ssh options", max_length=32
     )
-    session_address: Annotated[str, StringConstraints(pattern=ADDRESS_PATTERN, max_length=253)] | None = key(
+    session_address: Annotated[str, Chars(pattern=ADDRESS_PATTERN, max_length=253)] | None = key(
         None,
         "build-1.example.com",
         "with sessionServer.enabled: the host name or IP GitLab reaches this host's web terminal on "
@@ -489,7 +464,7 @@ class DockerTarget(Section):
         min_length=1,
         max_length=100,
     )
-    container_name: Annotated[str, StringConstraints(pattern=CONTAINER_NAME_PATTERN)] | None = key(
+    container_name: Annotated[str, Chars(pattern=CONTAINER_NAME_PATTERN)] | None = key(
         None,
         "gitlab-runner",
         "prefix of the runner containers, `<prefix>-<executor>`; default `gitlab-runner-<stack>`; "
@@ -520,14 +495,14 @@ class DockerTarget(Section):
 class Chart(Section):
     """Where the official gitlab-runner chart comes from."""
 
-    repository: Annotated[str, StringConstraints(pattern=CHART_REPOSITORY_PATTERN)] | None = key(
+    repository: Annotated[str, Chars(pattern=CHART_REPOSITORY_PATTERN)] | None = key(
         None,
         CHART_REPOSITORY,
         f"chart repository (an index.yaml), or an oci:// registry path the chart `{CHART_NAME}` is under; "
         f"default `{CHART_REPOSITORY}`",
     )
     version: Version | None = key(None, CHART_VERSION, f"exact chart version; default `{CHART_VERSION}`")
-    path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
+    path: Annotated[str, Chars(min_length=1, max_length=4096)] | None = key(
         None, "./charts/gitlab-runner-0.86.0.tgz", "a chart archive or folder on disk instead of a repository"
     )
 
@@ -576,7 +551,7 @@ class ServiceAccount(Section):
 
 class ServiceMonitor(Section):
     enabled: bool = key(False, True, "create it (the cluster needs the monitoring.coreos.com CRDs)")
-    interval: Annotated[str, StringConstraints(pattern=r"^[0-9]+(s|m)$")] = key("30s", "15s", "scrape interval")
+    interval: Annotated[str, Chars(pattern=r"^[0-9]+(s|m)$")] = key("30s", "15s", "scrape interval")
     labels: dict[LabelKey, LabelValue] = key({}, {"release": "prometheus"}, "labels the Prometheus selects on")
 
 
@@ -590,15 +565,15 @@ class SessionService(Section):
         "ClusterIP (a GitLab in the same cluster)",
     )
     port: Port = key(9000, 9000, "the Service's port (chart externalPort)")
-    node_port: Annotated[int, Field(ge=30000, le=32767)] | None = key(
+    node_port: Annotated[int, Bounds(ge=30000, le=32767)] | None = key(
         None, 30093, "type NodePort: a fixed node port; default one Kubernetes assigns"
     )
-    public_address: Annotated[str, StringConstraints(pattern=ADDRESS_PATTERN, max_length=253)] | None = key(
+    public_address: Annotated[str, Chars(pattern=ADDRESS_PATTERN, max_length=253)] | None = key(
         None,
         "terminal.ci.example.com",
         "LoadBalancer or NodePort: the address GitLab uses instead of the one found (chart publicIP)",
     )
-    source_ranges: list[Annotated[str, StringConstraints(pattern=CIDR_PATTERN)]] = key(
+    source_ranges: list[Annotated[str, Chars(pattern=CIDR_PATTERN)]] = key(
         [], ["203.0.113.0/24"], "type LoadBalancer: the only clients let in (chart loadBalancerSourceRanges)"
     )
 
@@ -645,7 +620,7 @@ class ManagerPods(Section):
         },
         "a pod spec's affinity, as Kubernetes writes it (chart affinity)",
     )
-    priority_class_name: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN)] | None = key(
+    priority_class_name: Annotated[str, Chars(pattern=DNS_SUBDOMAIN_PATTERN)] | None = key(
         None, "ci-critical", "the manager pods' PriorityClass, which must exist (chart priorityClassName)"
     )
     topology_spread_constraints: list[TopologySpread] = key(
@@ -675,10 +650,10 @@ class KubernetesTarget(Section):
     )
     rbac: Rbac = key(Rbac(), {"create": True}, "the chart's RBAC")
     service_account: ServiceAccount = key(ServiceAccount(), {"create": True}, "the chart's service account")
-    kubeconfig: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
+    kubeconfig: Annotated[str, Chars(min_length=1, max_length=4096)] | None = key(
         None, "~/.kube/config", "the explicit kubernetes provider's kubeconfig; default the ambient one"
     )
-    context: Annotated[str, StringConstraints(min_length=1, max_length=253)] | None = key(
+    context: Annotated[str, Chars(min_length=1, max_length=253)] | None = key(
         None, "prod-cluster", "the kubeconfig context; default its current one"
     )
     termination_grace_period_seconds: int = key(3600, 3600, "time running jobs get on a rollout", ge=0, le=ONE_DAY)
@@ -695,13 +670,13 @@ class KubernetesTarget(Section):
 
 
 class CacheS3(Section):
-    server_address: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")] | None = key(
+    server_address: Annotated[str, Chars(pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")] | None = key(
         None, "s3.amazonaws.com", "S3 endpoint, host[:port]; default AWS"
     )
-    bucket_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")] = key(
+    bucket_name: Annotated[str, Chars(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")] = key(
         ..., "runner-cache", "the bucket"
     )
-    bucket_location: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = key(
+    bucket_location: Annotated[str, Chars(min_length=1, max_length=64)] | None = key(
         None, "eu-west-1", "the bucket's region"
     )
     insecure: bool = key(False, False, "plain HTTP to the endpoint (a local MinIO, say)")
@@ -711,16 +686,16 @@ class CacheS3(Section):
 
 
 class CacheGcs(Section):
-    bucket_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")] = key(
+    bucket_name: Annotated[str, Chars(pattern=r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")] = key(
         ..., "runner-cache", "the bucket"
     )
 
 
 class CacheAzure(Section):
-    container_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9](-?[a-z0-9]){2,62}$")] = key(
+    container_name: Annotated[str, Chars(pattern=r"^[a-z0-9](-?[a-z0-9]){2,62}$")] = key(
         ..., "runner-cache", "the blob container"
     )
-    storage_domain: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]+$")] | None = key(
+    storage_domain: Annotated[str, Chars(pattern=r"^[A-Za-z0-9.-]+$")] | None = key(
         None, "blob.core.windows.net", "the storage domain"
     )
 
@@ -729,7 +704,7 @@ class Cache(Section):
     """The distributed cache every runner of the stack uses; credentials in the secret cacheCredentials."""
 
     type: Literal["s3", "gcs", "azure"] = key(..., "s3", "the cache service")
-    path: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{1,256}$")] | None = key(
+    path: Annotated[str, Chars(pattern=r"^[A-Za-z0-9._/-]{1,256}$")] | None = key(
         None, "runners/prod", "a prefix inside the bucket"
     )
     shared: bool = key(False, True, "share the cache between runners")
@@ -741,10 +716,10 @@ class Cache(Section):
 class GitlabCa(Section):
     """The CA that signed a self-hosted GitLab's certificate (public; not a secret)."""
 
-    file: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = key(
+    file: Annotated[str, Chars(min_length=1, max_length=4096)] | None = key(
         None, "./certs/gitlab-ca.pem", "a PEM file, relative to the project"
     )
-    pem: Annotated[str, StringConstraints(pattern=r"-----BEGIN CERTIFICATE-----")] | None = key(
+    pem: Annotated[str, Chars(pattern=r"-----BEGIN CERTIFICATE-----")] | None = key(
         None, "-----BEGIN CERTIFICATE-----...", "the PEM text itself"
     )
 
@@ -767,9 +742,9 @@ class StackConfig(Section):
     """Every `gitlab-runners:` key of a stack file. Secrets are read apart (secrets.py)."""
 
     target: Target = key(..., "docker", "where the runners run")
-    gitlab_url: Annotated[
-        str, StringConstraints(max_length=2048, pattern=URL_PATTERN), AfterValidator(check_gitlab_url)
-    ] = key("https://gitlab.com", "https://gitlab.example.com", "the GitLab instance, without /api/v4")
+    gitlab_url: Annotated[str, Chars(max_length=2048, pattern=URL_PATTERN), Check(check_gitlab_url)] = key(
+        "https://gitlab.com", "https://gitlab.example.com", "the GitLab instance, without /api/v4"
+    )
     allow_privileged: bool = key(False, True, "let runners set `privileged` (root on the host)")
     concurrent: int | None = key(
         None,

@@ -11,13 +11,16 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
 import pulumi
-from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
 
 from components.settings.model import EXECUTORS, PATTERN_HINTS, PROJECT, RETIRED_EXECUTORS, StackConfig
+
+if TYPE_CHECKING:
+    # Only a config that fails the quick check meets pydantic (section.py).
+    from pydantic import BaseModel, ValidationError
+    from pydantic.fields import FieldInfo
 
 # Anything shaped like a credential: GitLab tokens, private keys, long opaque strings.
 _SECRET_SHAPES = re.compile(r"(glrt-|glpat-|glptt-|gldt-|glsoat-|GR1348941|-----BEGIN|PRIVATE KEY)", re.I)
@@ -94,6 +97,8 @@ def key_path(loc: Iterable[int | str]) -> str:
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
     """The model classes an annotation can hold (through Optional, list and dict)."""
+    from pydantic import BaseModel
+
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     if get_origin(annotation) in (Union, UnionType, list, dict) or get_args(annotation):
@@ -112,7 +117,9 @@ class _Place:
 
 
 def _place(loc: Sequence[int | str]) -> _Place:
-    model: type[BaseModel] | None = StackConfig
+    from components.settings.pydantic_model import pydantic_model
+
+    model: type[BaseModel] | None = pydantic_model(StackConfig)
     place = _Place(None, None)
     for part in loc:
         if not isinstance(part, str) or part == "[key]":

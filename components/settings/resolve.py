@@ -96,7 +96,7 @@ def read_gitlab_ca(config: StackConfig) -> tuple[str | None, Problem | None]:
 
 
 def resolve_runners(config: StackConfig, stack: str) -> tuple[Runner, ...]:
-    runners = config.runners or [Runner.model_validate({"name": "runner"})]
+    runners = config.runners or [Runner(name="runner")]
     all_hosts = [h.name for h in config.docker.hosts] if config.docker is not None else ["local"]
     resolved = []
     for runner in runners:

@@ -16,6 +16,7 @@ from typing import Any
 
 from components.replacement import REPLACING_SETTINGS
 from components.settings.model import PROJECT, SECRET_KEYS, StackConfig
+from components.settings.pydantic_model import pydantic_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = ROOT / "schemas" / "stack-config.schema.json"
@@ -33,7 +34,7 @@ SECURE = {
 
 
 def model_schema() -> dict[str, Any]:
-    return StackConfig.model_json_schema(by_alias=True, mode="validation")
+    return pydantic_model(StackConfig).model_json_schema(by_alias=True, mode="validation")
 
 
 def stack_file_schema() -> dict[str, Any]:

@@ -76,6 +76,10 @@ def main() -> None:
             # An output that failed (the program's own error, raised inside an apply).
             result["error"] = result["error"] or str(error)
     result["resources"] = [asdict(r) for r in mocks.resources]
+    # The heavy libraries the program loaded: each target's provider SDK only for it, pydantic only for errors.
+    result["libraries"] = sorted(
+        name for name in ("pulumi_docker", "pulumi_kubernetes", "pulumi_gitlab", "pydantic") if name in sys.modules
+    )
     result["exports"] = resolved
     print(json.dumps(result, default=str))
 

@@ -373,8 +373,8 @@ def test_the_schema_and_reference_have_both_keys_with_examples_that_pass() -> No
     global_field = schema["properties"]["extraGlobalConfig"]
     runner_field = schema["$defs"]["Runner"]["properties"]["extraConfig"]
     assert global_field["type"] == runner_field["type"] == "object"
-    assert global_field["examples"] == [StackConfig.model_fields["extra_global_config"].examples[0]]  # type: ignore[index]
-    assert runner_field["examples"] == [Runner.model_fields["extra_config"].examples[0]]  # type: ignore[index]
+    assert global_field["examples"] == [StackConfig.model_fields["extra_global_config"].examples[0]]
+    assert runner_field["examples"] == [Runner.model_fields["extra_config"].examples[0]]
     parse(docker(runner_field["examples"][0], global_field["examples"][0]))
     reference = render_reference()
     assert re.search(r"\| `extraGlobalConfig` \| map \| `\{\}` \| .*e\.g\. `\{\"log_format\": \"json\"\}`", reference)

@@ -252,8 +252,8 @@ def fleeting_install(standin: Path, plugins: list[str], where: Path) -> subproce
 
 def documented_plugins() -> set[str]:
     """Every plugin reference the model, the error hints and the README show a user."""
-    found = {Autoscaler.model_fields["plugin"].examples[0]}  # type: ignore[index]
-    found.add(Runner.model_fields["autoscaler"].examples[0]["plugin"])  # type: ignore[index]
+    found = {Autoscaler.model_fields["plugin"].examples[0]}
+    found.add(Runner.model_fields["autoscaler"].examples[0]["plugin"])
     hint = problems({"target": "docker", "runners": [{"name": "a", "executor": "instance"}]})
     readme = (ROOT / "README.md").read_text()
     for text in (hint, readme):

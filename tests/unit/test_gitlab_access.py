@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pulumi
 import pytest
 
-from components.gitlab_access import checked_token, fetch_token_info, missing_scopes
+from components import gitlab_access
+from components.gitlab_access import checked_token, checked_token_meanwhile, fetch_token_info, missing_scopes
 from tests.gitlab_double.server import serve
 from tests.integration.local_cluster import free_port
 from tests.unit.test_program import FAKE_API_TOKEN, run_program, stack_config
@@ -66,3 +70,25 @@ def test_preview_checks_no_token() -> None:
     config = {**stack_config("prod"), "gitlab:token": FAKE_API_TOKEN}
     result = run_program("prod", config=config, token_scopes=("create_runner",), preview=True)
     assert result["error"] is None and "scope_checks" not in result
+
+
+def test_up_goes_on_while_gitlab_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GitLab answers only once the event loop has run something else: a check that held the loop for
+    # the round trip would wait in vain.
+    loop_was_free = threading.Event()
+    waited: list[bool] = []
+
+    def slow_answer(url: str, token: str, timeout: float = 10) -> gitlab_access.TokenInfo:
+        waited.append(loop_was_free.wait(timeout=5))
+        return gitlab_access.TokenInfo(200, frozenset({"api"}))
+
+    monkeypatch.setattr(gitlab_access, "fetch_token_info", slow_answer)
+
+    async def up() -> str:
+        check = asyncio.ensure_future(checked_token_meanwhile("https://gitlab.example.com", TOKEN))
+        await asyncio.sleep(0.01)
+        loop_was_free.set()
+        return await check
+
+    assert asyncio.run(up()) == TOKEN
+    assert waited == [True]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from components.settings import CHART_VERSION
@@ -193,3 +194,13 @@ def test_gitlab_api_token_is_secret_on_the_provider() -> None:
     assert provider["inputs"]["token"] == FAKE_API_TOKEN
     assert "token" in provider["secret_inputs"]
     assert SECRET_SIG not in json.dumps(result["exports"])
+
+
+@pytest.mark.parametrize(
+    ("stack", "loaded"),
+    [("dev", ["pulumi_docker", "pulumi_gitlab"]), ("prod", ["pulumi_gitlab", "pulumi_kubernetes"])],
+)
+def test_a_preview_loads_only_the_libraries_its_target_needs(stack: str, loaded: list[str]) -> None:
+    # Every preview pays for what it imports: not the other target's SDK, not pydantic for a valid stack.
+    result = run_program(stack, preview=True)
+    assert result["error"] is None and result["libraries"] == loaded
