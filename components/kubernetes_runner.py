@@ -29,6 +29,9 @@ GLOBAL_TOML_END = "GITLAB_RUNNERS_GLOBAL_TOML"
 RUNNER_UID = 100
 RUNNER_FS_GROUP = 65533
 SECRETS_FINGERPRINT = "gitlab-runners.io/secrets-fingerprint"
+# Seconds: the runner manager pods' readiness probe, first look and period (chart_values).
+READINESS_DELAY = 5
+READINESS_PERIOD = 10
 # Secrets shared by the releases of the stack (names of objects, not credentials).
 CACHE_SECRET = "gitlab-runners-cache"  # noqa: S105
 CERTS_SECRET = "gitlab-runners-certs"  # noqa: S105
@@ -256,6 +259,10 @@ def chart_values(
         "logLevel": global_.log_level,
         "replicas": settings.replicas,
         "terminationGracePeriodSeconds": settings.termination_grace_period_seconds,
+        # The chart's readiness probe (is the runner process up, which it is once the chart's register
+        # script succeeded) first looks after 60 s and then once a minute: each rollout the readiness gate
+        # waits for took a minute or two longer than the runner needed. The liveness probe is the chart's.
+        "readinessProbe": {"initialDelaySeconds": READINESS_DELAY, "periodSeconds": READINESS_PERIOD},
         "shutdown_timeout": global_.shutdown_timeout,
         "rbac": rbac,
         "serviceAccount": service_account,

@@ -1,8 +1,32 @@
-"""Test-session reporting shared by every suite."""
+"""Test-session reporting shared by every suite, and the groups the integration tests run in."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
+
+# scripts/test runs the tests in several processes (pytest-xdist, --dist loadgroup): each group below on
+# one worker, in file order, its session fixtures (an engine, the cluster and its node) started once
+# there. The cluster and its node (kube-proxy's iptables rules) exist once on the machine, so every test
+# that uses them is in one group; the Docker tests, each worker on an engine of its own, are in two
+# groups of about the same length (README, "Test run times"). Unit and policy tests go to any worker.
+GROUPS = {
+    "test_kubernetes_node.py": "kubernetes",
+    "test_kubernetes_target.py": "kubernetes",
+    "test_chart_render.py": "kubernetes",
+    "test_faults.py": "docker-a",
+    "test_docker_replacement.py": "docker-a",
+    "test_docker_ops.py": "docker-a",
+    "test_engine_preview.py": "docker-a",
+    "test_gitlab_ci.py": "docker-a",
+    "test_template.py": "docker-a",
+    "test_main_job.py": "docker-a",
+    "test_docker_features.py": "docker-b",
+    "test_docker_fleet.py": "docker-b",
+    "test_docker_target.py": "docker-b",
+}
 
 # What the real-engine tests ran on ("docker engine under test: …", "kubernetes node under test: …"),
 # said again at the end of the run: fixtures print these lines, which pytest would otherwise hide.
@@ -14,6 +38,29 @@ def under_test(line: str) -> None:
     print(line)
     if line not in UNDER_TEST:
         UNDER_TEST.append(line)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in item.nodeid:
+            group = GROUPS.get(item.path.name)
+            if group is None:
+                raise pytest.UsageError(f"{item.path.name} has no group in tests/conftest.py GROUPS")
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # On a worker: its engine and node lines travel to the controller, which prints the summary.
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["under_test"] = json.dumps(UNDER_TEST)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    for line in json.loads(getattr(node, "workeroutput", {}).get("under_test", "[]")):
+        if line not in UNDER_TEST:
+            UNDER_TEST.append(line)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -121,6 +121,18 @@ def wait_for(what: str, check: Callable[[], Any], seconds: float = 90, every: fl
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
+def free_subnet(prefix: str) -> str:
+    """`<prefix>.<n>` for a /24 no interface on the machine has an address in: engines started side by
+    side (tests in several workers, a fleet's second host) each get their own."""
+    taken = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    choices = list(range(20, 220))
+    secrets.SystemRandom().shuffle(choices)
+    for octet in choices:
+        if f" {prefix}.{octet}." not in taken:
+            return f"{prefix}.{octet}"
+    raise RuntimeError(f"no free /24 left in {prefix}.0.0/16")
+
+
 class ExtraEngine:
     """Another dockerd on this machine, with its own data root, socket and bridge (the test makes the
     bridge: a dockerd told to use none removes the first engine's docker0): a second Docker host for
@@ -142,8 +154,7 @@ class ExtraEngine:
         suffix = secrets.token_hex(3)
         self.bridge = f"grbr{suffix}"
         subprocess.run(["ip", "link", "add", "name", self.bridge, "type", "bridge"], check=True)
-        subnet = int(suffix[:2], 16) % 200 + 20
-        subprocess.run(["ip", "addr", "add", f"10.213.{subnet}.1/24", "dev", self.bridge], check=True)
+        subprocess.run(["ip", "addr", "add", f"{free_subnet('10.213')}.1/24", "dev", self.bridge], check=True)
         subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
 
     def start(self) -> Engine:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from tests.integration.docker_engine import free_subnet
+
 if TYPE_CHECKING:
     from tests.integration.local_cluster import Cluster
 
@@ -45,8 +47,8 @@ class PodNetwork:
     @staticmethod
     def create() -> PodNetwork:
         suffix = secrets.token_hex(3)
-        octet = int(suffix[:2], 16) % 200 + 20
-        network = PodNetwork(f"grpod{suffix}", f"10.244.{octet}.1", f"10.244.{octet}.0/24")
+        subnet = free_subnet("10.244")
+        network = PodNetwork(f"grpod{suffix}", f"{subnet}.1", f"{subnet}.0/24")
         subprocess.run(["ip", "link", "add", "name", network.bridge, "type", "bridge"], check=True)
         subprocess.run(["ip", "addr", "add", f"{network.gateway}/24", "dev", network.bridge], check=True)
         subprocess.run(["ip", "link", "set", network.bridge, "up"], check=True)

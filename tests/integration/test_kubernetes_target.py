@@ -24,7 +24,14 @@ import pytest
 import yaml
 from pulumi import automation as auto
 
-from components.kubernetes_runner import RBAC_RULES, SECRETS_FINGERPRINT, chart_values, fingerprint
+from components.kubernetes_runner import (
+    RBAC_RULES,
+    READINESS_DELAY,
+    READINESS_PERIOD,
+    SECRETS_FINGERPRINT,
+    chart_values,
+    fingerprint,
+)
 from components.settings import CHART_VERSION, parse_settings
 from tests.charts import chart_under_test, official_chart
 from tests.integration.conftest import ROOT, Project, exported_state, stack, with_existing_tokens
@@ -86,6 +93,12 @@ def test_the_official_chart_renders_what_the_runner_needs(tmp_path: Path) -> Non
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert pod["spec"]["securityContext"]["runAsUser"] == 100
     assert deployment["spec"]["replicas"] == 2
+    # Ready as soon as the runner runs (the gate waits for it); the liveness probe is the chart's own.
+    assert {k: container["readinessProbe"][k] for k in ("initialDelaySeconds", "periodSeconds")} == {
+        "initialDelaySeconds": READINESS_DELAY,
+        "periodSeconds": READINESS_PERIOD,
+    }
+    assert container["livenessProbe"]["initialDelaySeconds"] == 60
     # A leaving pod removes its runner manager (the chart's default; the runner itself stays).
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["/entrypoint", "unregister", "--all-runners"]
     # The Role holds the documented rules and no wildcard.
