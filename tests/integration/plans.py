@@ -1,4 +1,5 @@
-"""A real plan as users read it: `pulumi preview --json`, then scripts/plan_table.py --steps."""
+"""A real plan as users read it: `pulumi preview --json --show-sames` (as scripts/preview runs it), then
+scripts/plan_table.py --steps."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def shown_plan(project_dir: Path, env: dict[str, str], stack: str, work: Path) -> tuple[str, str]:
     """What scripts/plan_table.py --steps shows of a preview of `stack` as configured, and the plan's JSON."""
+    command = ["pulumi", "preview", "--stack", stack, "--json", "--show-sames", "--non-interactive"]
     plan = subprocess.run(
-        ["pulumi", "preview", "--stack", stack, "--json", "--non-interactive", "--cwd", str(project_dir)],
+        [*command, "--cwd", str(project_dir)],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

@@ -186,6 +186,7 @@ def test_tokens_that_rotate_themselves_on_a_fleet(
     first, extra = engines
     second = extra.engine
     base = base_image(first)
+    assert base_image(second) == base
     started = time.time()
     with serve(API_TOKEN, token_lifetime=timedelta(seconds=LIFETIME)) as gitlab:
         # What the stack creates with the gitlab provider, one GitLab runner per host, is brought along
