@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-# scripts/test runs the tests in several processes (pytest-xdist, --dist loadgroup): each group below on
+# scripts/test runs the tests in several processes (pytest-xdist): each group below on
 # one worker, in file order, its session fixtures (an engine, the cluster and its node) started once
 # there. The cluster and its node (kube-proxy's iptables rules) exist once on the machine, so every test
 # that uses them is in one group; the Docker tests, each worker on an engine of its own, are in two
@@ -40,14 +40,23 @@ def under_test(line: str) -> None:
         UNDER_TEST.append(line)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups into the test ids
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/integration/" in item.nodeid:
-            group = GROUPS.get(item.path.name)
-            if group is None:
-                raise pytest.UsageError(f"{item.path.name} has no group in tests/conftest.py GROUPS")
-            item.add_marker(pytest.mark.xdist_group(group))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Each group of GROUPS is one unit of work, given whole to one worker; every other test is a unit of
+    its own. (xdist's `loadgroup` does this by renaming the tests, which pytest 9 no longer lets it.)"""
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    class ByGroup(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            if not path.startswith("tests/integration/"):
+                return nodeid
+            name = path.rsplit("/", 1)[-1]
+            if name not in GROUPS:
+                raise pytest.UsageError(f"{name} has no group in tests/conftest.py GROUPS")
+            return GROUPS[name]
+
+    return ByGroup(config, log)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

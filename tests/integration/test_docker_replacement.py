@@ -223,7 +223,9 @@ def test_the_settings_that_replace_a_runner_container(engine: Engine, tmp_path_f
             shown, plan_text = shown_plan(stack.project.dir, stack.project.env, "test", tmp_path_factory.mktemp("plan"))
             apply(stack, before, limited)
             header = next(line for line in shown.splitlines() if "(changes; secrets masked):" in line)
-            assert header.startswith("config.toml of container ") and "docker-runner on host local" in header
+            assert header.startswith("config.toml of container ") and header.endswith(
+                "-docker on host local (changes; secrets masked):"
+            ), header
             diff = shown[shown.index(header) :].splitlines()
             assert "    +limit = 7" in diff, shown
             assert 'token = \\"[MASKED]\\"' in plan_text  # the file the plan carries, as JSON
