@@ -53,9 +53,11 @@ from tests.integration.docker_stack import DockerStack, docker_stack
 from tests.integration.local_cluster import free_port
 
 API_TOKEN = "glpat-" + secrets.token_hex(10)
-# Project runners' tokens live 40 s (GitLab's project_runner_token_expiration_interval): f-solo, a
-# project runner, rotates its own at 75% of that, every 30 s; f-spread, an instance runner, never.
-TOKEN_LIFETIME = timedelta(seconds=40)
+# Project runners' tokens live 60 s (GitLab's project_runner_token_expiration_interval): f-solo, a
+# project runner, rotates its own at 75% of that, every 45 s; f-spread, an instance runner, never.
+TOKEN_LIFETIME = timedelta(seconds=60)
+# How long f-solo may take to rotate its token: 75% of the lifetime, and time to write it down.
+ROTATES_WITHIN = TOKEN_LIFETIME.total_seconds() * 0.75 + 20
 # A job still running this long past its timeout is failed by the double (a runner that went away).
 STUCK_GRACE = 5.0
 JOB = ["sleep 2", 'echo "job $CI_JOB_ID done"']
@@ -242,10 +244,7 @@ def faults(engine: Engine, host_b: ExtraEngine, tmp_path_factory: pytest.TempPat
     base = base_image(engine)
     assert base_image(host_b.engine) == base
     with serve(API_TOKEN, token_lifetimes={"project_type": TOKEN_LIFETIME}, stuck_grace=STUCK_GRACE) as gitlab:
-        runners = {
-            "f-spread": gitlab.create_runner(description="f-spread"),
-            "f-solo": gitlab.create_runner("project_type", project_id=1, description="f-solo"),
-        }
+        spread = gitlab.create_runner(description="f-spread")
         hosts: list[dict[str, Any]] = [
             {"name": "a", "host": engine.host, "networkMode": "host"},
             # Both engines share this machine's network: host b's metrics go elsewhere.
@@ -260,6 +259,16 @@ def faults(engine: Engine, host_b: ExtraEngine, tmp_path_factory: pytest.TempPat
             tokens={},
             hosts=hosts,
         ) as stack:
+            # The images first, with f-spread alone: f-solo's token, which lives a minute, is created just
+            # before the `up` that starts its runner, and is not spent on image builds on a busy machine.
+            stack.set("runners", [{"name": "f-spread", "executor": "shell", "hosts": ["a", "b"]}])
+            stack.set("docker", {**stack.config("docker"), "hosts": hosts})
+            stack.set("runnerTokens", {"f-spread": spread.token}, secret=True)
+            stack.up()
+            runners = {
+                "f-spread": spread,
+                "f-solo": gitlab.create_runner("project_type", project_id=1, description="f-solo"),
+            }
             f = Faults(stack, gitlab, engine, host_b, runners, hosts, given={n: r.token for n, r in runners.items()})
             # Something on each host that is not the stack's, which no fault or recovery may touch.
             for name in ("a", "b"):
@@ -395,14 +404,14 @@ def test_jobs_in_flight_go_on_through_settings_image_tokens_and_a_host_leaving(f
     start("token rotation by the runner")
     rotated_at = time.time()
     held = f.held("a", "f-solo")
-    wait_for("f-solo to rotate its own token", lambda: f.held("a", "f-solo") != held, seconds=45)
+    wait_for("f-solo to rotate its own token", lambda: f.held("a", "f-solo") != held, seconds=ROTATES_WITHIN)
     assert f.gitlab.accepts(str(f.held("a", "f-solo"))) and not f.gitlab.accepts(str(held))
     wait_for("f-solo to poll with its new token", lambda: f.polled("a", "f-solo", rotated_at), seconds=30)
     with f.gitlab.lock:
         resets = sum(1 for r in f.gitlab.resets if r.runner_id == solo.id and r.at.timestamp() >= starts[0][1])
     happened["token rotation by the runner"] = (
-        f"f-solo (token lifetime 40 s) reset its token itself, {resets} times during the stream, and kept "
-        "polling with the new one"
+        f"f-solo (token lifetime {TOKEN_LIFETIME.seconds} s) reset its token itself, {resets} times during the "
+        "stream, and kept polling with the new one"
     )
     tokens["token rotation by the runner"] = f.tokens_kept()
 
@@ -659,7 +668,9 @@ def test_drift_by_hand_is_brought_back_by_up_refresh(faults: Faults) -> None:
     # went with the volume. `up` says so and names the way out: a new token through the stack.
     event = "config volume removed by hand, after the runner rotated its token"
     starts.append((event, time.time()))
-    wait_for("f-solo to have rotated its token", lambda: f.held("a", "f-solo") != f.given["f-solo"], seconds=45)
+    wait_for(
+        "f-solo to have rotated its token", lambda: f.held("a", "f-solo") != f.given["f-solo"], seconds=ROTATES_WITHIN
+    )
     removed_by_hand(a, f.container, f"{f.container}-sync", volume=f"{f.container}-config")
     with pytest.raises(auto.CommandError) as caught:
         f.stack.up(refresh=True)
