@@ -410,8 +410,8 @@ def test_jobs_in_flight_go_on_through_settings_image_tokens_and_a_host_leaving(f
     with f.gitlab.lock:
         resets = sum(1 for r in f.gitlab.resets if r.runner_id == solo.id and r.at.timestamp() >= starts[0][1])
     happened["token rotation by the runner"] = (
-        f"f-solo (token lifetime {TOKEN_LIFETIME.seconds} s) reset its token itself, {resets} times during the "
-        "stream, and kept polling with the new one"
+        f"f-solo (token lifetime {TOKEN_LIFETIME.seconds} s) reset its token itself during the stream "
+        f"({resets} reset(s)), and kept polling with the new one"
     )
     tokens["token rotation by the runner"] = f.tokens_kept()
 
