@@ -10,7 +10,6 @@ import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from components.settings import extra, placement
 from components.settings.model import (
     AUTOSCALING_EXECUTORS,
     EXAMPLE_PLUGIN,
@@ -508,9 +507,27 @@ def problems(config: StackConfig, context: Context) -> list[Problem]:
         *feature_problems(config, context),
         *session_problems(config),
         *housekeeping_problems(config),
-        *extra.problems(config),
-        *placement.problems(config),
+        *extra_config_problems(config),
+        *placement_problems(config),
     ]
+
+
+# The checks of extraConfig (a key tree of some 600 keys) and of Kubernetes placement are imported only
+# by the stacks that use them: every preview and up of the others would pay for them.
+def extra_config_problems(config: StackConfig) -> Iterable[Problem]:
+    if not config.extra_global_config and not any(r.extra_config for r in config.runners or ()):
+        return ()
+    from components.settings import extra
+
+    return extra.problems(config)
+
+
+def placement_problems(config: StackConfig) -> Iterable[Problem]:
+    if config.target != "kubernetes":
+        return ()
+    from components.settings import placement
+
+    return placement.problems(config)
 
 
 def missing_api_token(config: StackConfig, context: Context) -> Problem | None:
