@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import tarfile
 import time
-import tomllib
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from components import docker_health
 
@@ -34,8 +31,7 @@ CONFIG_FILE = "/etc/gitlab-runner/config.toml"
 CREDENTIALS = frozenset({"id", "token", "token_obtained_at", "token_expires_at"})
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
     """What a host holds: the config.toml its runner container sees (None: not there, or no container),
     and the restore label of the current sync container (None: none, or no sync container)."""
 
@@ -73,6 +69,8 @@ def _holds(observed: Any, rendered: Any) -> bool:
 
 def drifted(observed: str, rendered: str) -> bool:
     """config.toml as found differs from the stack's in a value the stack owns (or does not load)."""
+    import tomllib  # here: only a host that holds a config.toml needs the parser
+
     try:
         found = tomllib.loads(observed)
     except tomllib.TOMLDecodeError:
@@ -91,12 +89,22 @@ def observe(engine: docker_health.Engine, container_name: str) -> Observation:
         path = urllib.parse.quote(CONFIG_FILE)
         archive = docker_health.request(engine, f"/containers/{container_name}/archive?path={path}", raw=True)
         if isinstance(archive, bytes):
-            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-                member = tar.extractfile("config.toml")
-                config = member.read().decode() if member is not None else None
-    except (OSError, ValueError, KeyError, tarfile.TarError):
+            config = _unpacked(archive)
+    except (OSError, ValueError, KeyError):
         pass
     return Observation(config, restored)
+
+
+def _unpacked(archive: bytes) -> str | None:
+    """config.toml out of the archive Docker sends (a tar of the one file); None when it is not in it."""
+    import tarfile  # here: only a host that holds a config.toml sends one
+
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            member = tar.extractfile("config.toml")
+            return member.read().decode() if member is not None else None
+    except (KeyError, tarfile.TarError):
+        return None
 
 
 def restore_label(engine: docker_health.Engine, container_name: str, rendered: str) -> str | None:

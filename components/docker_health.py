@@ -15,9 +15,8 @@ import json
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pulumi
 
@@ -29,8 +28,7 @@ OLDEST_API = (1, 40)
 NEWEST_API = (1, 54)
 
 
-@dataclass(frozen=True)
-class Engine:
+class Engine(NamedTuple):
     """How to reach one Docker host's API: a unix socket, or tcp:// with the client certificates in
     `cert_path` (ca.pem, cert.pem, key.pem, as the docker CLI reads them)."""
 

@@ -7,13 +7,12 @@ so `pulumi up --target` on one host works, and an unreachable host fails only it
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import pulumi
 import pulumi_docker as docker
 
 from components.docker_health import Engine
-from components.docker_housekeeping import DockerHousekeeping, DockerHousekeepingArgs
 from components.docker_runner import DockerRunner, DockerRunnerArgs, SessionEndpoint
 from components.runner_image import RunnerImage, RunnerImageArgs
 from components.settings import DockerHost as HostSettings
@@ -60,8 +59,7 @@ def executor_groups(runners: Sequence[Runner]) -> dict[str, list[Runner]]:
     return groups
 
 
-@dataclass(frozen=True)
-class DockerHostArgs:
+class DockerHostArgs(NamedTuple):
     host: HostSettings
     """The host: address, socket, network mode, platform, TLS or ssh options."""
 
@@ -98,7 +96,7 @@ class DockerHostArgs:
     gitlab_ca: str | None = None
     """A private CA for GitLab, PEM."""
 
-    readiness: Readiness = field(default_factory=Readiness)
+    readiness: Readiness = Readiness()
     """The readiness gate."""
 
 
@@ -187,6 +185,9 @@ class DockerHost(pulumi.ComponentResource):
             self.container_ids[kind] = runner.container_id
         self.housekeeping = None
         if target.housekeeping.enabled:
+            # Imported here: housekeeping is off by default, and every preview and up imports this module.
+            from components.docker_housekeeping import DockerHousekeeping, DockerHousekeepingArgs
+
             housekeeping = DockerHousekeeping(
                 f"{name}-housekeeping",
                 DockerHousekeepingArgs(

@@ -13,8 +13,8 @@ socket. It has no network (the socket is a file), no capabilities and a read-onl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pulumi
 import pulumi_docker as docker
@@ -28,8 +28,7 @@ ROLE_LABEL = "io.gitlab-runners.role"
 ROLE = "housekeeping"
 
 
-@dataclass(frozen=True)
-class DockerHousekeepingArgs:
+class DockerHousekeepingArgs(NamedTuple):
     settings: Housekeeping
     """How often, what age, and the image (sh and the docker CLI)."""
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pulumi
 import pulumi_docker as docker
@@ -46,8 +46,7 @@ FILES = Path(__file__).resolve().parent / "files"
 DELETE_MARGIN_SECONDS = 300
 
 
-@dataclass(frozen=True)
-class SessionEndpoint:
+class SessionEndpoint(NamedTuple):
     """Where a runner container serves the web terminal, and the address it tells GitLab."""
 
     port: int
@@ -82,8 +81,7 @@ class SessionEndpoint:
         }
 
 
-@dataclass(frozen=True)
-class DockerRunnerArgs:
+class DockerRunnerArgs(NamedTuple):
     container_name: str
     """The runner container's name; its config volume is `<name>-config`, the sync container `<name>-sync`."""
 
@@ -141,7 +139,7 @@ class DockerRunnerArgs:
     gitlab_ca: str | None = None
     """The PEM of a private CA for GitLab; installed where the runner looks for it."""
 
-    readiness: Readiness = field(default_factory=Readiness)
+    readiness: Readiness = Readiness()
     """Whether `pulumi up` waits for a healthy runner, and how long."""
 
     engine: Engine | None = None

@@ -16,7 +16,7 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import pulumi
 
@@ -24,8 +24,7 @@ NEEDED = ({"create_runner", "manage_runner"}, {"api"})
 NEEDED_TEXT = "create_runner and manage_runner (or api)"
 
 
-@dataclass(frozen=True)
-class TokenInfo:
+class TokenInfo(NamedTuple):
     """What GitLab says about the token, or why it could not."""
 
     status: int

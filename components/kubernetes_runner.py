@@ -5,9 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pulumi
 import pulumi_kubernetes as kubernetes
@@ -134,8 +133,7 @@ def rbac_rules(runner: Runner) -> list[dict[str, list[str]]]:
     return [*RBAC_RULES, NAMESPACE_PER_JOB_RULE] if per_job else list(RBAC_RULES)
 
 
-@dataclass(frozen=True)
-class KubernetesRunnerArgs:
+class KubernetesRunnerArgs(NamedTuple):
     settings: KubernetesTarget
     """Namespace, chart source and version, replicas, resources, RBAC, service account."""
 
@@ -163,10 +161,10 @@ class KubernetesRunnerArgs:
     gitlab_ca: str | None = None
     """A private CA for GitLab, PEM: a Secret the chart mounts as its certs (certsSecretName)."""
 
-    readiness: Readiness = field(default_factory=Readiness)
+    readiness: Readiness = Readiness()
     """Whether the release waits for ready runner pods, and how long."""
 
-    service_monitor: ServiceMonitor = field(default_factory=ServiceMonitor)
+    service_monitor: ServiceMonitor = ServiceMonitor()
     """The chart's Prometheus Operator ServiceMonitor."""
 
 
@@ -187,8 +185,7 @@ def fingerprint(*secrets: str) -> str:
     return digest.hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class ReleaseWait:
+class ReleaseWait(NamedTuple):
     """What the readiness gate means for a Helm release.
 
     On: install and upgrade wait (up to the timeout) for the runner pods to be ready, a release that
@@ -210,14 +207,16 @@ class ReleaseWait:
         return cls(atomic=False, skip_await=True, timeout=None)
 
 
-@dataclass(frozen=True)
-class ChartExtras:
+class ChartExtras(NamedTuple):
     """The optional parts of a release's values."""
 
     cache: Cache | None = None
     cache_secret: str | None = None
     certs_secret: str | None = None
-    service_monitor: ServiceMonitor = field(default_factory=ServiceMonitor)
+    service_monitor: ServiceMonitor = ServiceMonitor()
+
+
+NO_EXTRAS = ChartExtras()
 
 
 def chart_values(
@@ -228,7 +227,7 @@ def chart_values(
     secret_name: str,
     secrets_fingerprint: str,
     allow_privileged: bool = False,
-    extras: ChartExtras = ChartExtras(),
+    extras: ChartExtras = NO_EXTRAS,
 ) -> dict[str, Any]:
     """The chart's values for one runner. No token: the chart reads it from `runners.secret`."""
     service_account: dict[str, Any] = {"create": settings.service_account.create}

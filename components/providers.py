@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 import pulumi
 
-from components.gitlab_access import checked_token_meanwhile
 from components.settings import KubernetesTarget, Secrets, Settings
 
 if TYPE_CHECKING:
@@ -30,6 +29,8 @@ def gitlab_provider(settings: Settings, secrets: Secrets) -> gitlab.Provider | N
 
     token = secrets.gitlab_token
     if token is not None and not pulumi.runtime.is_dry_run():
+        from components.gitlab_access import checked_token_meanwhile  # only an `up` asks GitLab
+
         token = pulumi.Output.secret(token.apply(functools.partial(checked_token_meanwhile, settings.gitlab_url)))
     return gitlab.Provider(
         "gitlab",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pulumi
 import pulumi_docker as docker
@@ -16,8 +16,7 @@ DOCKERFILE_DIR = Path("images") / "runner"
 SOURCE = "gitlab-runners:images/runner/Dockerfile"
 
 
-@dataclass(frozen=True)
-class RunnerImageArgs:
+class RunnerImageArgs(NamedTuple):
     build: ImageBuild
     """Base image, runner version, flavour and extra packages."""
 

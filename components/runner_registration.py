@@ -13,8 +13,8 @@ it so the Docker target turns the runner's automatic rotation off (components/do
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import pulumi
 
@@ -23,16 +23,15 @@ from components.settings import Runner
 COMPONENT_TYPE = "gitlab-runners:index:RunnerRegistration"
 
 
-@dataclass(frozen=True)
-class RunnerRegistrationArgs:
+class RunnerRegistrationArgs(NamedTuple):
     runners: Sequence[Runner]
     """The runners to register; each becomes a `gitlab.UserRunner` (one per Docker host it runs on)
     unless it brings its own token."""
 
-    existing_tokens: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
+    existing_tokens: Mapping[str, pulumi.Output[str]] = MappingProxyType({})
     """Runner name -> glrt- token for runners created outside this stack; no GitLab resource for them."""
 
-    existing_host_tokens: Mapping[str, Mapping[str, pulumi.Output[str]]] = field(default_factory=dict)
+    existing_host_tokens: Mapping[str, Mapping[str, pulumi.Output[str]]] = MappingProxyType({})
     """Runner name -> Docker host -> glrt- token: one runner per host, created outside this stack."""
 
 

@@ -15,9 +15,8 @@ import functools
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from components.settings.model import EXECUTORS, SECRET_KEYS, StackConfig
 from components.settings.problems import Problem, example_for, flow, key_path, looks_like_credential, show
@@ -53,8 +52,7 @@ NAMES_A_SECRET = {
 }
 
 
-@dataclass(frozen=True)
-class Owner:
+class Owner(NamedTuple):
     """The typed setting that renders a config.toml key."""
 
     loc: tuple[str, ...] = ()
@@ -207,15 +205,14 @@ def _is_secret_name(name: str) -> bool:
     return bool(SECRET_NAMES.search(re.sub(r"[_-]", "", name.lower())))
 
 
-@dataclass(frozen=True)
-class _Walk:
+class _Walk(NamedTuple):
     """One extraConfig (or extraGlobalConfig) being checked."""
 
     at: tuple[str | int, ...]
     """Where it is in the stack config, for key paths."""
     owned: Mapping[tuple[str, ...], Owner]
     executor: str | None
-    index: int | None
+    runner_index: int | None
     """The runner's index, for the typed keys of `runners`."""
     scope: str
     """How config.toml calls the top of it."""
@@ -242,8 +239,8 @@ class _Walk:
         return owner
 
     def typed(self, owner: Owner) -> tuple[str | int, ...]:
-        if owner.loc[:1] == ("runners",) and self.index is not None:
-            return ("runners", self.index, *owner.loc[1:])
+        if owner.loc[:1] == ("runners",) and self.runner_index is not None:
+            return ("runners", self.runner_index, *owner.loc[1:])
         return owner.loc
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from types import UnionType
-from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, NamedTuple, Union, get_args, get_origin
 
 import pulumi
 
@@ -28,8 +27,7 @@ _SECRET_SHAPES = re.compile(r"(glrt-|glpat-|glptt-|gldt-|glsoat-|GR1348941|-----
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s@]+@")
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """One invalid or missing config value."""
 
     key: str
@@ -106,8 +104,7 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return []
 
 
-@dataclass(frozen=True)
-class _Place:
+class _Place(NamedTuple):
     owner: type[BaseModel] | None
     """The model holding the last named key."""
     field: FieldInfo | None

@@ -5,9 +5,10 @@ The components read only resolved settings: every optional key they use has its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from components.settings.model import (
     CHART_REPOSITORY,
@@ -29,8 +30,7 @@ from components.settings.placement import resolve_job_pods
 from components.settings.problems import Problem
 
 
-@dataclass(frozen=True)
-class GlobalSettings:
+class GlobalSettings(NamedTuple):
     """The global part of config.toml, shared by both targets."""
 
     concurrent: int
@@ -43,14 +43,13 @@ class GlobalSettings:
     metrics_enabled: bool
     metrics_port: int
     metrics_host_address: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = MappingProxyType({})
     """extraGlobalConfig: more global keys of config.toml, checked against the runner's key tree."""
-    session_server: SessionServer = field(default_factory=SessionServer)
+    session_server: SessionServer = SessionServer()
     """The web terminal: config.toml's [session_server] (its addresses are each target's to work out)."""
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """Everything the program needs, validated and resolved. Secrets are kept apart, in `Secrets`."""
 
     stack: str
@@ -64,7 +63,7 @@ class Settings:
     """The distributed cache every runner uses (credentials in Secrets)."""
     gitlab_ca: str | None = None
     """The PEM of the CA that signed GitLab's certificate, for a self-hosted instance."""
-    readiness: Readiness = field(default_factory=Readiness)
+    readiness: Readiness = Readiness()
     docker: DockerTarget | None = None
     kubernetes: KubernetesTarget | None = None
     warnings: tuple[str, ...] = ()

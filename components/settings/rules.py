@@ -6,9 +6,9 @@ are skipped, so only root causes are reported.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple
 
 from components.settings.model import (
     AUTOSCALING_EXECUTORS,
@@ -54,12 +54,11 @@ CACHE_CREDENTIALS = {
 TOKEN_SCOPES = "create_runner and manage_runner (or api)"  # noqa: S105 - scope names
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(NamedTuple):
     """What the rules need besides the config."""
 
     existing_token_names: frozenset[str] = frozenset()
-    host_tokens: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    host_tokens: Mapping[str, frozenset[str]] = MappingProxyType({})
     """Runner name -> the Docker hosts it brings a token of its own for (runnerTokens.<name>.<host>)."""
     has_gitlab_token: bool = False
     gitlab_token_is_secret: bool = True

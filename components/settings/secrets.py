@@ -7,9 +7,9 @@ and handed on only as secret Outputs; no message ever echoes one.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from collections.abc import Mapping
+from types import MappingProxyType, UnionType
+from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
 
 import pulumi
 from pulumi.runtime import config as runtime_config
@@ -23,8 +23,7 @@ CACHE_CREDENTIALS = "cacheCredentials"
 TLS_PARTS = ("caCert", "cert", "key")
 
 
-@dataclass(frozen=True)
-class DockerTls:
+class DockerTls(NamedTuple):
     """PEM material for a tcp:// Docker host, each part a secret Output."""
 
     ca_cert: pulumi.Output[str]
@@ -32,17 +31,16 @@ class DockerTls:
     key: pulumi.Output[str]
 
 
-@dataclass(frozen=True)
-class Secrets:
+class Secrets(NamedTuple):
     """Secret inputs, only ever held as secret Outputs."""
 
     gitlab_token: pulumi.Output[str] | None
     gitlab_token_is_secret: bool = True
-    runner_tokens: dict[str, pulumi.Output[str]] = field(default_factory=dict)
+    runner_tokens: Mapping[str, pulumi.Output[str]] = MappingProxyType({})
     """Runner name -> the one token of a runner created outside the stack."""
-    runner_host_tokens: dict[str, dict[str, pulumi.Output[str]]] = field(default_factory=dict)
+    runner_host_tokens: Mapping[str, Mapping[str, pulumi.Output[str]]] = MappingProxyType({})
     """Runner name -> Docker host -> token: one GitLab runner per host, created outside the stack."""
-    docker_tls: dict[str, DockerTls] = field(default_factory=dict)
+    docker_tls: Mapping[str, DockerTls] = MappingProxyType({})
     cache_credentials: dict[str, pulumi.Output[str]] | None = None
     """The cache service's credentials by key (accessKey, secretKey, ...), None when not set."""
 

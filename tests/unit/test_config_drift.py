@@ -162,3 +162,15 @@ def test_observe_reads_the_file_from_the_runner_container_and_the_label_from_its
     # No such containers: nothing observed, no error.
     assert REAL_OBSERVE(engine, "gr-other") == config_drift.Observation(None, None)
     assert REAL_OBSERVE(Engine("unix:///nonexistent/docker.sock"), "gr-shell") == config_drift.Observation(None, None)
+
+
+def test_an_archive_without_a_readable_config_is_nothing_observed() -> None:
+    # What Docker sends is a tar of the one file; anything else reads as no config.toml (the sync then
+    # installs the stack's), never as an error that stops the run.
+    assert config_drift._unpacked(b"not a tar archive") is None
+    other = io.BytesIO()
+    with tarfile.open(fileobj=other, mode="w") as tar:
+        member = tarfile.TarInfo("other.toml")
+        member.size = 1
+        tar.addfile(member, io.BytesIO(b"x"))
+    assert config_drift._unpacked(other.getvalue()) is None
