@@ -8,7 +8,7 @@ import pulumi
 
 from components.providers import gitlab_provider
 from components.runner_registration import RunnerRegistration, RunnerRegistrationArgs
-from components.settings import load_settings
+from components.settings import load_settings, manager_settings
 
 settings, secrets = load_settings()
 # Each target's components are imported only for it: the other's provider SDK is not loaded at all.
@@ -35,6 +35,7 @@ registration = RunnerRegistration(
     opts=pulumi.ResourceOptions(providers=[gitlab] if gitlab else []),
 )
 
+manager = manager_settings(settings, secrets)
 targets: dict[str, dict[str, pulumi.Input[object]]] = {r.name: {} for r in settings.runners}
 if settings.docker is not None:
     images = {}
@@ -47,16 +48,10 @@ if settings.docker is not None:
                 host=host,
                 target=settings.docker,
                 runners=runners,
-                global_=settings.global_,
-                gitlab_url=settings.gitlab_url,
+                manager=manager,
                 tokens=registration.tokens_on(host.name, runners),
                 shared_tokens=registration.shared_tokens,
                 tls=secrets.docker_tls.get(host.name),
-                allow_privileged=settings.allow_privileged,
-                cache=settings.cache,
-                cache_credentials=secrets.cache_credentials,
-                gitlab_ca=settings.gitlab_ca,
-                readiness=settings.readiness,
             ),
         )
         if on_host.image_name is not None:
@@ -79,15 +74,9 @@ elif settings.kubernetes is not None:
         "kubernetes-runner",
         KubernetesRunnerArgs(
             settings=settings.kubernetes,
-            global_=settings.global_,
-            gitlab_url=settings.gitlab_url,
+            manager=manager,
             runners=settings.runners,
             tokens=registration.tokens,
-            allow_privileged=settings.allow_privileged,
-            cache=settings.cache,
-            cache_credentials=secrets.cache_credentials,
-            gitlab_ca=settings.gitlab_ca,
-            readiness=settings.readiness,
             service_monitor=settings.kubernetes.service_monitor,
         ),
         opts=pulumi.ResourceOptions(providers=[cluster]),

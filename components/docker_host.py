@@ -6,7 +6,7 @@ so `pulumi up --target` on one host works, and an unreachable host fails only it
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import pulumi
@@ -16,8 +16,8 @@ from components.docker_health import Engine
 from components.docker_runner import DockerRunner, DockerRunnerArgs, SessionEndpoint
 from components.runner_image import RunnerImage, RunnerImageArgs
 from components.settings import DockerHost as HostSettings
-from components.settings import DockerTarget, DockerTls, GlobalSettings, Runner
-from components.settings.model import SESSION_OFFSETS, Cache, Readiness
+from components.settings import DockerTarget, DockerTls, GlobalSettings, ManagerSettings, Runner
+from components.settings.model import SESSION_OFFSETS
 
 COMPONENT_TYPE = "gitlab-runners:index:DockerHost"
 # One runner container per executor kind: only the docker executor gets the Docker socket, so a shell
@@ -69,11 +69,8 @@ class DockerHostArgs(NamedTuple):
     runners: Sequence[Runner]
     """The runners that run on this host."""
 
-    global_: GlobalSettings
-    """config.toml's global part."""
-
-    gitlab_url: str
-    """The GitLab instance."""
+    manager: ManagerSettings
+    """What every runner manager shares: GitLab, config.toml's global part, cache, readiness."""
 
     tokens: dict[str, pulumi.Output[str]]
     """Runner name -> the secret token this host's runner manager holds."""
@@ -83,21 +80,6 @@ class DockerHostArgs(NamedTuple):
 
     tls: DockerTls | None = None
     """PEM material for a tcp:// host, as secrets."""
-
-    allow_privileged: bool = False
-    """Recorded on the containers for the policy pack."""
-
-    cache: Cache | None = None
-    """The distributed cache."""
-
-    cache_credentials: Mapping[str, pulumi.Output[str]] | None = None
-    """Its credentials, secret."""
-
-    gitlab_ca: str | None = None
-    """A private CA for GitLab, PEM."""
-
-    readiness: Readiness = Readiness()
-    """The readiness gate."""
 
 
 class DockerHost(pulumi.ComponentResource):
@@ -151,6 +133,7 @@ class DockerHost(pulumi.ComponentResource):
         self.containers = {}
         self.container_ids = {}
         prefix = target.container_name or "gitlab-runner"
+        global_ = args.manager.global_
         for kind, runners in executor_groups(args.runners).items():
             _, offset, socket = KINDS[kind]
             runner = DockerRunner(
@@ -160,24 +143,18 @@ class DockerHost(pulumi.ComponentResource):
                     host=host.name,
                     runners=runners,
                     image=image_ref,
-                    global_=args.global_,
-                    gitlab_url=args.gitlab_url,
+                    manager=args.manager,
                     tokens={r.name: args.tokens[r.name] for r in runners},
                     shared_tokens=frozenset(r.name for r in runners if r.name in args.shared_tokens),
                     socket_path=host.socket_path if socket else None,
                     network_mode=host.network_mode,
-                    metrics_port=(host.metrics_port or args.global_.metrics_port) + offset,
-                    publish_metrics=args.global_.metrics_enabled,
-                    metrics_address=args.global_.metrics_host_address,
+                    metrics_port=(host.metrics_port or global_.metrics_port) + offset,
+                    publish_metrics=global_.metrics_enabled,
+                    metrics_address=global_.metrics_host_address,
                     stop_timeout=target.stop_timeout,
                     keep_config_volume=target.keep_config_volume,
-                    allow_privileged=args.allow_privileged,
-                    cache=args.cache,
-                    cache_credentials=args.cache_credentials,
-                    gitlab_ca=args.gitlab_ca,
-                    readiness=args.readiness,
                     engine=engine,
-                    session=session_endpoint(host, args.global_, kind),
+                    session=session_endpoint(host, global_, kind),
                 ),
                 opts=on_host,
             )

@@ -29,8 +29,7 @@ import pulumi_docker as docker
 from components.config_drift import RESTORED_LABEL, restore_label
 from components.docker_health import Engine, wait_healthy
 from components.runner_config import gitlab_host, masked, render_config_toml
-from components.settings import GlobalSettings, Runner
-from components.settings.model import Cache, Readiness
+from components.settings import ManagerSettings, Runner
 
 COMPONENT_TYPE = "gitlab-runners:index:DockerRunner"
 CONFIG_DIR = "/etc/gitlab-runner"
@@ -91,11 +90,8 @@ class DockerRunnerArgs(NamedTuple):
     image: pulumi.Input[str]
     """The image to run (an image ID, so a rebuilt image replaces the container, or a pinned reference)."""
 
-    global_: GlobalSettings
-    """config.toml's global part (concurrency, intervals; shared with the Kubernetes target)."""
-
-    gitlab_url: str
-    """The GitLab instance the runners talk to."""
+    manager: ManagerSettings
+    """What every runner manager shares: GitLab, config.toml's global part, cache, readiness."""
 
     tokens: dict[str, pulumi.Output[str]]
     """Runner name -> secret glrt- token; they reach only the uploaded config.toml."""
@@ -124,23 +120,8 @@ class DockerRunnerArgs(NamedTuple):
     keep_config_volume: bool = False
     """Keep the config volume (and the credentials the runner holds) when the stack is destroyed."""
 
-    allow_privileged: bool = False
-    """The stack allows privileged jobs; recorded as a label the policy pack reads."""
-
     host: str = "local"
     """The name of the Docker host it runs on (shown in the plan)."""
-
-    cache: Cache | None = None
-    """The distributed cache every runner uses."""
-
-    cache_credentials: Mapping[str, pulumi.Output[str]] | None = None
-    """Its credentials, secret: they reach only the uploaded config.toml."""
-
-    gitlab_ca: str | None = None
-    """The PEM of a private CA for GitLab; installed where the runner looks for it."""
-
-    readiness: Readiness = Readiness()
-    """Whether `pulumi up` waits for a healthy runner, and how long."""
 
     engine: Engine | None = None
     """How the readiness gate reaches the host's Docker API (None: the provider's own wait)."""
@@ -178,17 +159,18 @@ class DockerRunner(pulumi.ComponentResource):
     def __init__(self, name: str, args: DockerRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         session = args.session.table(args.network_mode) if args.session is not None else None
         address = listen_address(args)
-        ca_file = f"{CONFIG_DIR}/certs/{gitlab_host(args.gitlab_url)}.crt" if args.gitlab_ca else None
-        credentials = dict(args.cache_credentials or {})
+        manager = args.manager
+        ca_file = f"{CONFIG_DIR}/certs/{gitlab_host(manager.gitlab_url)}.crt" if manager.gitlab_ca else None
+        credentials = dict(manager.cache_credentials or {})
 
         def render(tokens: Mapping[str, str], cache_credentials: Mapping[str, str]) -> str:
             return render_config_toml(
-                args.global_,
+                manager.global_,
                 args.runners,
-                args.gitlab_url,
+                manager.gitlab_url,
                 tokens,
                 address,
-                cache=args.cache,
+                cache=manager.cache,
                 cache_credentials=cache_credentials or None,
                 ca_file=ca_file,
                 session_server=session,
@@ -209,7 +191,7 @@ class DockerRunner(pulumi.ComponentResource):
         # them, and a volume replaced loses the credentials the runner holds).
         allowance_labels = {
             **labels,
-            "io.gitlab-runners.allow-privileged": "true" if args.allow_privileged else "false",
+            "io.gitlab-runners.allow-privileged": "true" if manager.allow_privileged else "false",
         }
         # Stacks deployed by earlier versions carry the allowance on those two as well: their labels are
         # left as Docker has them, so this version replaces nothing to take it off.
@@ -226,10 +208,10 @@ class DockerRunner(pulumi.ComponentResource):
                 file=f"{STAGING_DIR}/sync-config", content=(FILES / "sync-config.sh").read_text(), permissions="0755"
             ),
         ]
-        if args.gitlab_ca and ca_file:
+        if manager.gitlab_ca and ca_file:
             uploads.append(
                 docker.ContainerUploadArgs(
-                    file=f"{STAGING_DIR}/certs/{Path(ca_file).name}", content=args.gitlab_ca, permissions="0644"
+                    file=f"{STAGING_DIR}/certs/{Path(ca_file).name}", content=manager.gitlab_ca, permissions="0644"
                 )
             )
 
@@ -333,8 +315,8 @@ class DockerRunner(pulumi.ComponentResource):
             ports=ports or None,
             healthcheck=health_check(args),
             # Where the gate cannot ask the host's API itself, the provider waits (on create only).
-            wait=args.readiness.enabled and args.engine is None,
-            wait_timeout=args.readiness.timeout_seconds if args.engine is None else None,
+            wait=manager.readiness.enabled and args.engine is None,
+            wait_timeout=manager.readiness.timeout_seconds if args.engine is None else None,
             capabilities=docker.ContainerCapabilitiesArgs(drops=DROPPED_CAPABILITIES),
             security_opts=["no-new-privileges:true"],
             privileged=False,
@@ -363,11 +345,11 @@ class DockerRunner(pulumi.ComponentResource):
                 delete_before_replace=True,
             ),
         )
-        if args.readiness.enabled and args.engine is not None and not pulumi.runtime.is_dry_run():
+        if manager.readiness.enabled and args.engine is not None and not pulumi.runtime.is_dry_run():
             engine, names = args.engine, [r.name for r in args.runners]
             self.ready = pulumi.Output.all(container.id, sync.exit_code).apply(
                 lambda parts: wait_healthy(
-                    engine, parts[0], names, args.readiness.timeout_seconds, name=args.container_name
+                    engine, parts[0], names, manager.readiness.timeout_seconds, name=args.container_name
                 )
             )
         self.container_name = container.name

@@ -18,7 +18,7 @@ from components.runner_config import (
     render_chart_global_toml,
     render_chart_runner_toml,
 )
-from components.settings import GlobalSettings, KubernetesTarget, Runner
+from components.settings import GlobalSettings, KubernetesTarget, ManagerSettings, Runner
 from components.settings.model import Cache, ManagerPods, Readiness, ServiceMonitor, SessionServer, SessionService
 
 COMPONENT_TYPE = "gitlab-runners:index:KubernetesRunner"
@@ -137,32 +137,16 @@ class KubernetesRunnerArgs(NamedTuple):
     settings: KubernetesTarget
     """Namespace, chart source and version, replicas, resources, RBAC, service account."""
 
-    global_: GlobalSettings
-    """check interval, metrics, shutdown timeout, extraGlobalConfig (shared with the Docker target)."""
-
-    gitlab_url: str
-    """The GitLab instance URL the runners talk to."""
+    manager: ManagerSettings
+    """What every runner manager shares: GitLab, config.toml's global part, cache, readiness. The cache's
+    credentials go into one Secret the chart mounts (runners.cache.secretName), a private CA into one it
+    mounts as its certs (certsSecretName); the privileged allowance is a pod annotation the policy pack reads."""
 
     runners: Sequence[Runner]
     """One Helm release per runner (the chart serves one runner token)."""
 
     tokens: dict[str, pulumi.Output[str]]
     """Runner name -> secret glrt- token, stored only in the runner's Secret."""
-
-    allow_privileged: bool = False
-    """The stack allows privileged job pods; recorded as a pod annotation the policy pack reads."""
-
-    cache: Cache | None = None
-    """The distributed cache every runner uses."""
-
-    cache_credentials: Mapping[str, pulumi.Output[str]] | None = None
-    """Its credentials, secret: they go into one Secret the chart mounts (runners.cache.secretName)."""
-
-    gitlab_ca: str | None = None
-    """A private CA for GitLab, PEM: a Secret the chart mounts as its certs (certsSecretName)."""
-
-    readiness: Readiness = Readiness()
-    """Whether the release waits for ready runner pods, and how long."""
 
     service_monitor: ServiceMonitor = ServiceMonitor()
     """The chart's Prometheus Operator ServiceMonitor."""
@@ -312,13 +296,14 @@ class KubernetesRunner(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: KubernetesRunnerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         releases = {r.name: release_name(r) for r in args.runners}
+        manager = args.manager
         described = {
             "namespace": args.settings.namespace,
             "releases": releases,
             # Each release's config.toml, token masked, for the plan's config.toml diff (scripts/plan_table.py).
             "configTomls": {
                 releases[r.name]: render_chart_config_toml(
-                    args.global_, r, args.gitlab_url, args.settings.namespace, args.cache
+                    manager.global_, r, manager.gitlab_url, args.settings.namespace, manager.cache
                 )
                 for r in args.runners
             },
@@ -349,8 +334,8 @@ class KubernetesRunner(pulumi.ComponentResource):
         secret_options = pulumi.ResourceOptions(parent=self, additional_secret_outputs=["data", "stringData"])
         depends: list[pulumi.Resource] = []
         cache_secret = certs_secret = None
-        credentials = dict(args.cache_credentials or {})
-        if args.cache is not None and credentials:
+        credentials = dict(manager.cache_credentials or {})
+        if manager.cache is not None and credentials:
             cache_secret = CACHE_SECRET
             depends.append(
                 kubernetes.core.v1.Secret(
@@ -361,7 +346,7 @@ class KubernetesRunner(pulumi.ComponentResource):
                     opts=secret_options,
                 )
             )
-        if args.gitlab_ca is not None:
+        if manager.gitlab_ca is not None:
             certs_secret = CERTS_SECRET
             depends.append(
                 kubernetes.core.v1.Secret(
@@ -369,17 +354,17 @@ class KubernetesRunner(pulumi.ComponentResource):
                     metadata=metadata(certs_secret),
                     type="Opaque",
                     # The runner reads ~/.gitlab-runner/certs/<GitLab host>.crt, where the chart mounts it.
-                    string_data={f"{gitlab_host(args.gitlab_url)}.crt": args.gitlab_ca},
+                    string_data={f"{gitlab_host(manager.gitlab_url)}.crt": manager.gitlab_ca},
                     opts=child,
                 )
             )
         extras = ChartExtras(
-            cache=args.cache,
+            cache=manager.cache,
             cache_secret=cache_secret,
             certs_secret=certs_secret,
             service_monitor=args.service_monitor,
         )
-        wait = ReleaseWait.of(args.readiness)
+        wait = ReleaseWait.of(manager.readiness)
         self.release_names = {}
         for runner in args.runners:
             token = args.tokens[runner.name]
@@ -428,10 +413,10 @@ class KubernetesRunner(pulumi.ComponentResource):
         return chart_values(
             runner,
             args.settings,
-            args.global_,
-            args.gitlab_url,
+            args.manager.global_,
+            args.manager.gitlab_url,
             secret_name,
             secrets_fingerprint,
-            args.allow_privileged,
+            args.manager.allow_privileged,
             extras,
         )

@@ -14,6 +14,7 @@ from typing import Any
 import pulumi
 
 from components.settings import rules
+from components.settings.manager import ManagerSettings, manager_settings
 from components.settings.model import (
     CHART_REPOSITORY,
     CHART_VERSION,
@@ -53,12 +54,14 @@ __all__ = [
     "GlobalSettings",
     "ImageBuild",
     "KubernetesTarget",
+    "ManagerSettings",
     "Problem",
     "Runner",
     "Secrets",
     "Settings",
     "SettingsError",
     "load_settings",
+    "manager_settings",
     "parse_settings",
 ]
 

@@ -13,7 +13,7 @@ from components.docker_runner import LISTEN_ADDRESS_LABEL
 from components.kubernetes_runner import SECRETS_FINGERPRINT, KubernetesRunner, KubernetesRunnerArgs, fingerprint
 from components.runner_image import RunnerImage, RunnerImageArgs
 from components.runner_registration import RunnerRegistration, RunnerRegistrationArgs
-from components.settings import CHART_VERSION, RUNNER_VERSION, Settings, parse_settings
+from components.settings import CHART_VERSION, RUNNER_VERSION, ManagerSettings, Settings, parse_settings
 from tests.unit.helpers import resolve, run
 from tests.unit.mocks import RecordingMocks
 
@@ -106,8 +106,7 @@ def _docker_host(mocks: RecordingMocks, runners: list[dict[str, Any]], **docker:
                 host=target.hosts[0],
                 target=target,
                 runners=s.runners,
-                global_=s.global_,
-                gitlab_url="https://gl.example",
+                manager=ManagerSettings(gitlab_url="https://gl.example", global_=s.global_),
                 tokens=tokens,
             ),
         )
@@ -254,8 +253,7 @@ def test_published_metrics(mocks: RecordingMocks) -> None:
                 host=s.docker.hosts[0],  # type: ignore[union-attr]
                 target=s.docker,  # type: ignore[arg-type]
                 runners=s.runners,
-                global_=s.global_,
-                gitlab_url="https://gl",
+                manager=ManagerSettings(gitlab_url="https://gl", global_=s.global_),
                 tokens={"d": pulumi.Output.secret("glrt-d")},
             ),
         )
@@ -282,7 +280,10 @@ def _kubernetes(mocks: RecordingMocks, **kubernetes: Any) -> Any:
         lambda: KubernetesRunner(
             "kr",
             KubernetesRunnerArgs(
-                settings=kube, global_=s.global_, gitlab_url="https://gl", runners=s.runners, tokens=tokens
+                settings=kube,
+                manager=ManagerSettings(gitlab_url="https://gl", global_=s.global_),
+                runners=s.runners,
+                tokens=tokens,
             ),
         )
     )
@@ -355,8 +356,7 @@ def test_a_token_change_rolls_the_pods_without_revealing_the_token(mocks: Record
             "kr",
             KubernetesRunnerArgs(
                 settings=s.kubernetes,  # type: ignore[arg-type]
-                global_=s.global_,
-                gitlab_url="https://gl",
+                manager=ManagerSettings(gitlab_url="https://gl", global_=s.global_),
                 runners=s.runners,
                 tokens={"k1": pulumi.Output.secret("glrt-k1-rotated")},
             ),

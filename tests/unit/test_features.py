@@ -20,7 +20,7 @@ from components.docker_health import Engine, wait_healthy
 from components.docker_host import DockerHost, DockerHostArgs
 from components.kubernetes_runner import CACHE_SECRET, CERTS_SECRET, KubernetesRunner, KubernetesRunnerArgs
 from components.runner_registration import RunnerRegistration, RunnerRegistrationArgs
-from components.settings import Settings, SettingsError, parse_settings
+from components.settings import ManagerSettings, Secrets, Settings, SettingsError, manager_settings, parse_settings
 from tests.unit.conftest import GATE_ASKED, REAL_INSPECT
 from tests.unit.helpers import run
 from tests.unit.mocks import RecordingMocks
@@ -41,6 +41,14 @@ def settings(target: str, credentials: frozenset[str] | None = None, **values: A
     )
 
 
+def manager(s: Settings, cache_credentials: dict[str, str] | None) -> ManagerSettings:
+    """What the program hands each runner manager, the cache's credentials as secret Outputs."""
+    secrets = Secrets(
+        gitlab_token=None, cache_credentials={k: pulumi.Output.secret(v) for k, v in (cache_credentials or {}).items()}
+    )
+    return manager_settings(s, secrets)
+
+
 def docker_host(s: Settings, cache_credentials: dict[str, str] | None = None) -> DockerHost:
     assert s.docker is not None
     host: DockerHost = run(
@@ -50,13 +58,8 @@ def docker_host(s: Settings, cache_credentials: dict[str, str] | None = None) ->
                 host=s.docker.hosts[0],  # type: ignore[union-attr]
                 target=s.docker,  # type: ignore[arg-type]
                 runners=s.runners,
-                global_=s.global_,
-                gitlab_url=s.gitlab_url,
+                manager=manager(s, cache_credentials),
                 tokens={r.name: pulumi.Output.secret(f"glrt-{r.name}-unit-token") for r in s.runners},
-                cache=s.cache,
-                cache_credentials={k: pulumi.Output.secret(v) for k, v in (cache_credentials or {}).items()},
-                gitlab_ca=s.gitlab_ca,
-                readiness=s.readiness,
             ),
         )
     )
@@ -70,14 +73,9 @@ def kubernetes(s: Settings, cache_credentials: dict[str, str] | None = None) -> 
             "kr",
             KubernetesRunnerArgs(
                 settings=s.kubernetes,  # type: ignore[arg-type]
-                global_=s.global_,
-                gitlab_url=s.gitlab_url,
+                manager=manager(s, cache_credentials),
                 runners=s.runners,
                 tokens={r.name: pulumi.Output.secret(f"glrt-{r.name}-unit-token") for r in s.runners},
-                cache=s.cache,
-                cache_credentials={k: pulumi.Output.secret(v) for k, v in (cache_credentials or {}).items()},
-                gitlab_ca=s.gitlab_ca,
-                readiness=s.readiness,
                 service_monitor=s.kubernetes.service_monitor,  # type: ignore[union-attr]
             ),
         )

@@ -18,7 +18,7 @@ import yaml
 
 from components.docker_host import DockerHost, DockerHostArgs
 from components.docker_housekeeping import SCRIPT
-from components.settings import Settings, SettingsError, parse_settings
+from components.settings import ManagerSettings, Settings, SettingsError, parse_settings
 from tests.unit.helpers import run
 from tests.unit.mocks import RecordingMocks
 
@@ -42,8 +42,7 @@ def deploy(settings: Settings) -> None:
                 host=target.hosts[0],
                 target=target,
                 runners=settings.runners,
-                global_=settings.global_,
-                gitlab_url="https://gl.example",
+                manager=ManagerSettings(gitlab_url="https://gl.example", global_=settings.global_),
                 tokens={r.name: pulumi.Output.secret("glrt-unit") for r in settings.runners},
             ),
         )

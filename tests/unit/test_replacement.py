@@ -13,7 +13,7 @@ from plan_table import replacements, steps, table_and_replacements
 
 from components.docker_host import DockerHost, DockerHostArgs
 from components.replacement import REPLACING_SETTINGS, settings_replacing
-from components.settings import parse_settings
+from components.settings import ManagerSettings, parse_settings
 from components.settings.schema import README_PATH, REPLACES, render_reference
 from tests.unit.helpers import run
 from tests.unit.mocks import RecordingMocks
@@ -36,10 +36,10 @@ def deploy(mocks: RecordingMocks, **values: Any) -> dict[str, Any]:
                 host=target.hosts[0],
                 target=target,
                 runners=s.runners,
-                global_=s.global_,
-                gitlab_url="https://gl.example",
+                manager=ManagerSettings(
+                    gitlab_url="https://gl.example", global_=s.global_, allow_privileged=s.allow_privileged
+                ),
                 tokens={"d": pulumi.Output.secret("glrt-d")},
-                allow_privileged=s.allow_privileged,
             ),
         )
     )

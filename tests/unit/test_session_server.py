@@ -15,7 +15,7 @@ import yaml
 
 from components.docker_host import DockerHost, DockerHostArgs
 from components.kubernetes_runner import chart_values
-from components.settings import Settings, SettingsError, parse_settings
+from components.settings import ManagerSettings, Settings, SettingsError, parse_settings
 from tests.unit.helpers import run
 from tests.unit.mocks import RecordingMocks
 
@@ -46,8 +46,7 @@ def deploy(settings: Settings, host: int = 0) -> None:
                 host=target.hosts[host],
                 target=target,
                 runners=[r for r in settings.runners if target.hosts[host].name in (r.hosts or ())],
-                global_=settings.global_,
-                gitlab_url="https://gl.example",
+                manager=ManagerSettings(gitlab_url="https://gl.example", global_=settings.global_),
                 tokens={r.name: pulumi.Output.secret(TOKEN) for r in settings.runners},
             ),
         )
