@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 from pulumi import automation as auto
 
+from components.docker_host import COMPONENT_TYPE as DOCKER_HOST_TYPE
+from components.runner_registration import child_urn
+from components.settings import PROJECT
 from tests.gitlab_double.server import GitLabDouble, serve
 from tests.integration.docker_engine import (
     Engine,
@@ -129,6 +132,12 @@ def test_a_fleet_of_two_hosts(engines: tuple[Engine, ExtraEngine], tmp_path_fact
                 r["urn"] for r in resources if r["urn"].endswith("gitlab-runners:index:DockerHost::docker-local")
             ]
             assert len(targets) == 1
+            # The URNs the engine gives a root component's children are the ones the registration's
+            # aliases name (components/runner_registration.py builds them itself).
+            provider = child_urn(
+                DOCKER_HOST_TYPE, "pulumi:providers:docker", "docker-local-provider", stack.stack.name, PROJECT
+            )
+            assert provider in {r["urn"] for r in resources}
             stack.up(target=targets, target_dependents=True)
             assert 'name = "spread"' in stack.config_toml("shell", first)
             assert ids(second, [f"{shell}-sync"]) == {f"{shell}-sync": after_second[f"{shell}-sync"]}

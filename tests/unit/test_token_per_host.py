@@ -63,8 +63,24 @@ def test_the_gitlab_runner_of_a_runner_that_spreads_or_shrinks_is_kept(mocks: Re
     run(lambda: RunnerRegistration("reg", RunnerRegistrationArgs(runners=s.runners)))
     created = {r.name: r for r in mocks.by_type(USER_RUNNER)}
     # The runner as it was on one host (reg-x) becomes its first host's; back on one host, the reverse.
-    assert created["reg-x@a"].options["aliases"] == ["reg-x"]
+    # Each alias is the URN the engine gave the runner before (the component is at the stack's root).
+    before = "urn:pulumi:unit::gitlab-runners::gitlab-runners:index:RunnerRegistration$" + USER_RUNNER + "::"
+    assert created["reg-x@a"].options["aliases"] == [before + "reg-x"]
     assert created["reg-x@b"].options["aliases"] == []
+    assert created["reg-y"].options["aliases"] == [before + "reg-y@a"]
+
+
+def test_under_another_parent_the_alias_is_left_to_the_sdk(mocks: RecordingMocks) -> None:
+    s = fleet()
+
+    def program() -> None:
+        parent = pulumi.ComponentResource("test:index:Parent", "p")
+        RunnerRegistration("reg", RunnerRegistrationArgs(runners=s.runners), pulumi.ResourceOptions(parent=parent))
+
+    run(program)
+    created = {r.name: r for r in mocks.by_type(USER_RUNNER)}
+    # An alias spec by name: the SDK and the engine place it under the runner's own parent.
+    assert created["reg-x@a"].options["aliases"] == ["reg-x"]
     assert created["reg-y"].options["aliases"] == ["reg-y@a"]
 
 
