@@ -121,6 +121,13 @@ def seen(state: dict[str, Any]) -> str:
     health = state.get("Health") or {}
     log = health.get("Log") or []
     last = str(log[-1].get("Output", "")).strip() if log else "no health check has run yet"
+    # Docker counts a container waiting to be restarted as running (daemon/container/state.go), and its
+    # health checks start again with each start: a runner that exits at once never gets one.
+    if state.get("Restarting"):
+        return (
+            f"restarting: it exited with code {state.get('ExitCode')} and Docker keeps starting it again "
+            "(`docker logs` on it says why)"
+        )
     if not state.get("Running"):
         return f"{state.get('Status', 'not running')} (exit code {state.get('ExitCode')}): {last}"
     status = str(health.get("Status", "no health check"))

@@ -18,7 +18,7 @@ from components.settings import RUNNER_VERSION
 from tests.gitlab_double.server import GitLabDouble
 from tests.integration.conftest import Project, new_project
 from tests.integration.docker_engine import Engine
-from tests.integration.local_cluster import free_port
+from tests.integration.local_cluster import free_port_block
 
 
 @dataclass
@@ -92,7 +92,7 @@ def docker_stack(
             "stopTimeout": 120,
         },
         # A free port: host networking shares the machine's ports between the stacks of a test run.
-        "metrics": {"port": free_port()},
+        "metrics": {"port": free_port_block()},
         **config,
     }
     settings = {

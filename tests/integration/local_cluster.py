@@ -31,6 +31,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def free_port_block(span: int = 3) -> int:
+    """The first of `span` consecutive ports nothing is bound to, below the kernel's ephemeral range.
+
+    A runner container on the host's network binds its metrics port at the stack's port plus an offset
+    per executor kind (and its session port likewise). A port in the ephemeral range, free when chosen,
+    can meanwhile go to any listener on port 0 (Pulumi's plugins, the cluster's parts, other workers'
+    tests): the runner then cannot bind it and restarts until the readiness gate gives up. Below that
+    range only an explicit bind takes a port."""
+    low = int(EPHEMERAL_PORTS.read_text().split()[0])
+    while True:
+        base = 10_000 + secrets.randbelow(low - 10_000 - span)
+        if all(_bindable(port) for port in range(base, base + span)):
+            return base
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("0.0.0.0", port))  # noqa: S104 - every address: a runner on the host network binds either
+        except OSError:
+            return False
+    return True
+
+
 @dataclass
 class Cluster:
     url: str

@@ -18,7 +18,7 @@ from tests.gitlab_double.server import GitLabDouble, serve
 from tests.integration.conftest import exported_state
 from tests.integration.docker_engine import Engine, base_image, wait_for
 from tests.integration.docker_stack import docker_stack
-from tests.integration.local_cluster import free_port
+from tests.integration.local_cluster import free_port_block
 from tests.integration.tls import make_ca
 
 API_TOKEN = "glpat-" + secrets.token_hex(10)
@@ -245,7 +245,7 @@ def test_a_new_metrics_port_is_bound_and_checked_after_a_restart(
             assert stack.up().summary.result == "succeeded"
             container = stack.container("shell")
             first = engine.inspect("container", container)["Id"]  # type: ignore[index]
-            stack.set("metrics", {"port": free_port()})
+            stack.set("metrics", {"port": free_port_block()})
             assert stack.up().summary.result == "succeeded"
             address = tomllib.loads(stack.config_toml("shell"))["listen_address"]
             assert engine.inspect("container", container)["Id"] != first  # type: ignore[index]

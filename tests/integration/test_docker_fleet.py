@@ -30,7 +30,7 @@ from tests.integration.docker_engine import (
     wait_for,
 )
 from tests.integration.docker_stack import docker_stack
-from tests.integration.local_cluster import free_port
+from tests.integration.local_cluster import free_port_block
 
 API_TOKEN = "glpat-" + secrets.token_hex(10)
 PLUGIN = "aws:1.0.0"  # GitLab's AWS plugin, as `fleeting install` resolves it
@@ -65,11 +65,11 @@ def test_a_fleet_of_two_hosts(engines: tuple[Engine, ExtraEngine], tmp_path_fact
     with serve(API_TOKEN) as gitlab:
         created = {n: gitlab.create_runner() for n in ("spread", "one", "two", "scale")}
         tokens = {n: r.token for n, r in created.items()}
-        port = free_port()
+        port = free_port_block()
         hosts: list[dict[str, Any]] = [
             {"name": "local", "host": first.host, "networkMode": "host"},
             # Both engines share this machine's network: the second host's metrics go elsewhere.
-            {"name": "build-2", "host": second.host, "networkMode": "host", "metricsPort": free_port()},
+            {"name": "build-2", "host": second.host, "networkMode": "host", "metricsPort": free_port_block()},
         ]
         autoscaler = {
             "plugin": PLUGIN,
@@ -204,7 +204,7 @@ def test_tokens_that_rotate_themselves_on_a_fleet(
         shared = gitlab.create_runner()
         hosts: list[dict[str, Any]] = [
             {"name": "local", "host": first.host, "networkMode": "host"},
-            {"name": "build-2", "host": second.host, "networkMode": "host", "metricsPort": free_port()},
+            {"name": "build-2", "host": second.host, "networkMode": "host", "metricsPort": free_port_block()},
         ]
         runners: list[dict[str, Any]] = [
             {"name": "each", "executor": "shell", "hosts": ["local", "build-2"]},

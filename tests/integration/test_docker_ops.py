@@ -16,7 +16,7 @@ import pytest
 from tests.gitlab_double.server import serve
 from tests.integration.docker_engine import Engine, base_image, wait_for
 from tests.integration.docker_stack import docker_stack
-from tests.integration.local_cluster import free_port
+from tests.integration.local_cluster import free_port_block
 
 API_TOKEN = "glpat-" + secrets.token_hex(10)
 MANAGED = "com.gitlab.gitlab-runner.managed=true"
@@ -45,8 +45,8 @@ def gateway(engine: Engine) -> str:
 def session_port(avoid: int) -> int:
     """A free port whose next one is not `avoid`'s neighbourhood (the metrics ports)."""
     while True:
-        port = free_port()
-        if port < 65535 and not {port, port + 1} & set(range(avoid, avoid + 3)):
+        port = free_port_block(2)
+        if not {port, port + 1} & set(range(avoid, avoid + 3)):
             return port
 
 

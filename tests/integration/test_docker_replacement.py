@@ -22,7 +22,7 @@ from components.replacement import REPLACING_SETTINGS
 from tests.gitlab_double.server import serve
 from tests.integration.docker_engine import Engine, base_image
 from tests.integration.docker_stack import DockerStack, docker_stack
-from tests.integration.local_cluster import free_port
+from tests.integration.local_cluster import free_port_block
 from tests.integration.plans import shown_plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,8 +111,8 @@ def session_port(metrics: int) -> int:
     """A free port for the terminal clear of every metrics port the changes above move to."""
     taken = {metrics + offset + shift for offset in (0, 1, 2) for shift in (0, 10, 20)}
     while True:
-        port = free_port()
-        if port + 11 < 65535 and not {port, port + 1, port + 10, port + 11} & taken:
+        port = free_port_block(12)
+        if not {port, port + 1, port + 10, port + 11} & taken:
             return port
 
 
@@ -157,7 +157,7 @@ def test_the_settings_that_replace_a_runner_container(engine: Engine, tmp_path_f
             {"name": "rep-shell", "executor": "shell"},
             {"name": "rep-scale", "executor": "docker-autoscaler", "autoscaler": AUTOSCALER},
         ]
-        metrics_port = free_port()
+        metrics_port = free_port_block(23)
         with docker_stack(
             tmp_path_factory.mktemp("replacement"),
             [engine],

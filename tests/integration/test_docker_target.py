@@ -29,7 +29,7 @@ from tests.gitlab_double.server import serve
 from tests.integration.conftest import exported_state, new_project
 from tests.integration.docker_engine import Engine, base_image, wait_for
 from tests.integration.docker_stack import DockerStack
-from tests.integration.local_cluster import free_port
+from tests.integration.local_cluster import free_port_block
 
 API_TOKEN = "glpat-" + secrets.token_hex(10)
 
@@ -99,7 +99,7 @@ def deployment(target_engine: Engine, tmp_path_factory: pytest.TempPathFactory) 
         stack = auto.create_or_select_stack(
             stack_name="e2e", work_dir=str(project.dir), opts=auto.LocalWorkspaceOptions(env_vars=project.env)
         )
-        metrics_port = free_port()
+        metrics_port = free_port_block()
         stack.set_all_config(
             {
                 "gitlab-runners:target": auto.ConfigValue("docker"),

@@ -50,7 +50,7 @@ from tests.integration.docker_engine import (
     wait_for,
 )
 from tests.integration.docker_stack import DockerStack, docker_stack
-from tests.integration.local_cluster import free_port
+from tests.integration.local_cluster import free_port_block
 
 API_TOKEN = "glpat-" + secrets.token_hex(10)
 # Project runners' tokens live 60 s (GitLab's project_runner_token_expiration_interval): f-solo, a
@@ -248,7 +248,7 @@ def faults(engine: Engine, host_b: ExtraEngine, tmp_path_factory: pytest.TempPat
         hosts: list[dict[str, Any]] = [
             {"name": "a", "host": engine.host, "networkMode": "host"},
             # Both engines share this machine's network: host b's metrics go elsewhere.
-            {"name": "b", "host": host_b.engine.host, "networkMode": "host", "metricsPort": free_port()},
+            {"name": "b", "host": host_b.engine.host, "networkMode": "host", "metricsPort": free_port_block()},
         ]
         with docker_stack(
             tmp_path_factory.mktemp("faults"),

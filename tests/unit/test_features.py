@@ -309,6 +309,19 @@ def test_the_gate_fails_naming_the_runners_and_what_it_saw(
     wait_healthy(Engine(docker_api["socket"]), "gitlab-runner-x-shell", ["a"], timeout=1, every=0.2)
 
 
+def test_a_runner_that_keeps_exiting_is_said_to_be_restarting(
+    docker_api: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As Docker shows a container between two restarts: running, restarting, and no health check yet.
+    monkeypatch.setattr(docker_health, "inspect", REAL_INSPECT)
+    docker_api["State"] = {"Running": True, "Restarting": True, "ExitCode": 1, "Health": {"Status": "starting"}}
+    with pytest.raises(pulumi.RunError) as caught:
+        wait_healthy(Engine(docker_api["socket"]), "gitlab-runner-x-shell", ["a"], timeout=0.5, every=0.2)
+    message = str(caught.value)
+    assert "restarting: it exited with code 1 and Docker keeps starting it again" in message
+    assert "no health check has run yet" not in message
+
+
 @pytest.mark.parametrize(
     ("engine_api", "spoken"),
     [
